@@ -1,0 +1,25 @@
+//! `patrol-probes`: Patrol's probe model and engines. A [`spec::ProbeSpec`] goes in, a
+//! [`result::ProbeResult`] comes out; no scheduling, metrics registry or server lives here.
+//!
+//! Layout:
+//! - [`spec`]: probe and step specs, parsed once at config load
+//! - [`template`]: `{{ … }}` templates, the run [`template::Scope`] and the secret [`template::Masker`]
+//! - [`syntax`]: the lexer shared by assertions and captures
+//! - [`query`]: what assertions and captures read from a response
+//! - [`assert`]: assertions with actual vs expected results
+//! - [`capture`]: values taken from a response into later steps
+//! - [`value`]: values and their comparisons
+//! - [`result`]: probe, step and assertion results
+//! - [`http`]: the HTTP scenario engine and its phase-timing transport
+//! - [`run`]: running a probe with its timeout and retries
+
+pub mod assert;
+pub mod capture;
+pub mod http;
+pub mod query;
+pub mod result;
+pub mod run;
+pub mod spec;
+pub mod syntax;
+pub mod template;
+pub mod value;

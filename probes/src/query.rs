@@ -1,0 +1,224 @@
+//! Queries: what an assertion or capture looks at in a step's response — `status`,
+//! `header "Name"`, `jsonpath "$.x"`, `body`, `duration`, `cert_expiry`, `regex "re"`,
+//! `cookie "name"`.
+
+use std::cell::OnceCell;
+use std::time::Duration;
+
+use serde_json_path::JsonPath;
+
+use crate::syntax::{SyntaxError, Token};
+use crate::value::Value;
+
+/// What a query reads.
+#[derive(Debug, Clone)]
+pub enum Query {
+    /// The HTTP status code.
+    Status,
+    /// A response header's first value (case-insensitive name).
+    Header(String),
+    /// RFC 9535 JSONPath over the JSON body.
+    JsonPath {
+        /// The path as written.
+        source: String,
+        /// The parsed path.
+        path: JsonPath,
+    },
+    /// The body as text.
+    Body,
+    /// The step's duration.
+    Duration,
+    /// Time left until the earliest peer certificate expires.
+    CertExpiry,
+    /// The first capture group (or the whole match) of a regex over the body.
+    Regex(regex::Regex),
+    /// A cookie set by the response.
+    Cookie(String),
+}
+
+/// What a step observed, for queries to look at.
+#[derive(Debug)]
+pub struct Observation<'a> {
+    /// HTTP status, when there was a response.
+    pub status: Option<u16>,
+    /// Response headers, lowercase names.
+    pub headers: &'a [(String, String)],
+    /// Response body.
+    pub body: &'a [u8],
+    /// Step duration.
+    pub duration: Duration,
+    /// Earliest certificate expiry, unix seconds.
+    pub cert_not_after: Option<i64>,
+    json: OnceCell<Result<serde_json::Value, String>>,
+}
+
+impl<'a> Observation<'a> {
+    /// A view of one response.
+    pub fn new(
+        status: Option<u16>,
+        headers: &'a [(String, String)],
+        body: &'a [u8],
+        duration: Duration,
+        cert_not_after: Option<i64>,
+    ) -> Self {
+        Observation { status, headers, body, duration, cert_not_after, json: OnceCell::new() }
+    }
+
+    fn json(&self) -> Result<&serde_json::Value, String> {
+        self.json
+            .get_or_init(|| {
+                serde_json::from_slice(self.body).map_err(|e| format!("body is not valid JSON: {e}"))
+            })
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl Query {
+    /// Parses a query from `tokens[*pos..]`, advancing `pos`. `end` is the expression's length,
+    /// for errors at the end of input.
+    pub fn parse(tokens: &[(Token, usize)], pos: &mut usize, end: usize) -> Result<Query, SyntaxError> {
+        let Some((Token::Word(word), at)) = tokens.get(*pos) else {
+            let offset = tokens.get(*pos).map_or(end, |t| t.1);
+            return Err(SyntaxError::new(
+                offset,
+                "expected a query",
+                "start with one of: status, header \"Name\", jsonpath \"$.path\", body, duration, cert_expiry, regex \"re\", cookie \"name\"",
+            ));
+        };
+        let at = *at;
+        *pos += 1;
+        let mut argument = |what: &str, example: &str| -> Result<(String, usize), SyntaxError> {
+            match tokens.get(*pos) {
+                Some((Token::Str(s), o)) => {
+                    *pos += 1;
+                    Ok((s.clone(), *o))
+                }
+                other => Err(SyntaxError::new(
+                    other.map_or(end, |t| t.1),
+                    format!("`{word}` needs a quoted {what}"),
+                    format!("write it like {example}"),
+                )),
+            }
+        };
+        Ok(match word.as_str() {
+            "status" => Query::Status,
+            "body" => Query::Body,
+            "duration" => Query::Duration,
+            "cert_expiry" => Query::CertExpiry,
+            "header" => Query::Header(argument("header name", "header \"Content-Type\"")?.0),
+            "cookie" => Query::Cookie(argument("cookie name", "cookie \"session\"")?.0),
+            "jsonpath" => {
+                let (source, offset) = argument("JSONPath", "jsonpath \"$.token\"")?;
+                let path = JsonPath::parse(&source).map_err(|e| {
+                    SyntaxError::new(
+                        offset + e.position().max(1),
+                        format!("invalid JSONPath `{source}`: {}", e.message()),
+                        "JSONPath follows RFC 9535, e.g. \"$.products[0].id\"",
+                    )
+                })?;
+                Query::JsonPath { source, path }
+            }
+            "regex" => {
+                let (source, offset) = argument("regular expression", "regex \"id=(\\d+)\"")?;
+                let re = regex::Regex::new(&source).map_err(|e| {
+                    SyntaxError::new(
+                        offset + 1,
+                        format!("invalid regex `{source}`: {}", first_line(&e.to_string())),
+                        "see https://docs.rs/regex for the syntax",
+                    )
+                })?;
+                Query::Regex(re)
+            }
+            other => {
+                return Err(SyntaxError::new(
+                    at,
+                    format!("unknown query `{other}`"),
+                    suggest_query(other),
+                ));
+            }
+        })
+    }
+
+    /// Evaluates the query: `Ok(None)` when it found nothing, `Err` when it cannot be evaluated
+    /// (a body that is not JSON).
+    pub fn evaluate(&self, obs: &Observation<'_>) -> Result<Option<Value>, String> {
+        Ok(match self {
+            Query::Status => obs.status.map(|s| Value::Number(f64::from(s))),
+            Query::Header(name) => obs.header(name).map(|v| Value::Text(v.to_string())),
+            Query::Body => Some(Value::Text(String::from_utf8_lossy(obs.body).into_owned())),
+            Query::Duration => Some(Value::duration(obs.duration)),
+            Query::CertExpiry => obs.cert_not_after.map(|not_after| {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0.0, |d| d.as_secs_f64());
+                Value::Duration(not_after as f64 - now)
+            }),
+            Query::JsonPath { path, .. } => {
+                let json = obs.json()?;
+                let nodes = path.query(json).all();
+                match nodes.as_slice() {
+                    [] => None,
+                    [one] => Some(Value::from_json(one)),
+                    many => Some(Value::List(many.iter().map(|v| Value::from_json(v)).collect())),
+                }
+            }
+            Query::Regex(re) => {
+                let text = String::from_utf8_lossy(obs.body);
+                re.captures(&text).map(|caps| {
+                    let m = caps.get(1).or_else(|| caps.get(0));
+                    Value::Text(m.map_or(String::new(), |m| m.as_str().to_string()))
+                })
+            }
+            Query::Cookie(name) => obs
+                .headers
+                .iter()
+                .filter(|(n, _)| n.eq_ignore_ascii_case("set-cookie"))
+                .find_map(|(_, v)| {
+                    let pair = v.split(';').next()?;
+                    let (n, val) = pair.split_once('=')?;
+                    (n.trim() == name).then(|| Value::Text(val.trim().to_string()))
+                }),
+        })
+    }
+
+    /// The query as written, for messages.
+    pub fn describe(&self) -> String {
+        match self {
+            Query::Status => "status".into(),
+            Query::Header(n) => format!("header \"{n}\""),
+            Query::JsonPath { source, .. } => format!("jsonpath \"{source}\""),
+            Query::Body => "body".into(),
+            Query::Duration => "duration".into(),
+            Query::CertExpiry => "cert_expiry".into(),
+            Query::Regex(re) => format!("regex \"{}\"", re.as_str()),
+            Query::Cookie(n) => format!("cookie \"{n}\""),
+        }
+    }
+}
+
+const QUERIES: [&str; 8] =
+    ["status", "header", "jsonpath", "body", "duration", "cert_expiry", "regex", "cookie"];
+
+fn suggest_query(word: &str) -> String {
+    let best = QUERIES
+        .iter()
+        .map(|q| (strsim::levenshtein(word, q), *q))
+        .filter(|(d, _)| *d <= 2)
+        .min_by_key(|(d, _)| *d);
+    match best {
+        Some((_, q)) => format!("did you mean `{q}`?"),
+        None => format!("queries are: {}", QUERIES.join(", ")),
+    }
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().last().unwrap_or(s).trim().to_string()
+}

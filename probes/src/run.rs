@@ -1,0 +1,123 @@
+//! Running a probe: a fresh scope per attempt, the probe's timeout enforced by cancellation,
+//! retries with backoff, the first attempt kept so a flaky pass stays visible.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::http::engine::{mask_step, run_steps};
+use crate::http::transport::Transport;
+use crate::result::{Attempt, Outcome, ProbeResult, StepResult};
+use crate::spec::{ProbeKind, ProbeSpec};
+use crate::template::{Masker, Scope, Template};
+
+/// What every run shares: the transport, the config's vars and the secrets known up front.
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    /// The HTTP transport (TLS configs built once).
+    pub transport: Transport,
+    /// Config vars in order, rendered into each attempt's scope.
+    pub vars: Arc<Vec<(String, Template)>>,
+    /// Secrets known before the run (every `env.`/`file.` value the config refers to).
+    pub masker: Masker,
+}
+
+impl Runtime {
+    /// A runtime for these vars and secrets.
+    pub fn new(vars: Vec<(String, Template)>, masker: Masker) -> Runtime {
+        Runtime { transport: Transport::new(), vars: Arc::new(vars), masker }
+    }
+}
+
+/// Runs `spec` with its retries; never panics or returns early on a target's fault.
+pub async fn run_probe(spec: &ProbeSpec, runtime: &Runtime) -> ProbeResult {
+    let started = Instant::now();
+    let started_at_ms = unix_ms();
+    let mut retried = Vec::new();
+    let mut attempt_no = 0;
+    loop {
+        attempt_no += 1;
+        let attempt = run_attempt(spec, runtime).await;
+        let last = attempt_no > spec.retries || attempt.result.is_pass();
+        if last {
+            let first_attempt = retried.first().map_or(attempt.result, |a: &Attempt| a.result);
+            return ProbeResult {
+                name: spec.name.clone(),
+                kind: spec.type_name().to_string(),
+                result: attempt.result,
+                duration: started.elapsed(),
+                attempts: attempt_no,
+                first_attempt,
+                started_at_ms,
+                error: attempt.error,
+                steps: attempt.steps,
+                retried,
+            };
+        }
+        retried.push(Attempt { result: attempt.result, duration: attempt.duration, steps: attempt.steps });
+        let backoff = spec.retry_backoff.saturating_mul(1 << (attempt_no - 1).min(6));
+        tokio::time::sleep(backoff).await;
+    }
+}
+
+struct AttemptResult {
+    result: Outcome,
+    duration: Duration,
+    steps: Vec<StepResult>,
+    error: Option<String>,
+}
+
+async fn run_attempt(spec: &ProbeSpec, runtime: &Runtime) -> AttemptResult {
+    let started = Instant::now();
+    let deadline = tokio::time::Instant::now() + spec.timeout;
+    let mut scope = match Scope::with_vars(runtime.vars.iter().map(|(n, t)| (n, t))) {
+        Ok(s) => s,
+        Err(e) => {
+            return AttemptResult {
+                result: Outcome::Error,
+                duration: started.elapsed(),
+                steps: spec.step_names().into_iter().map(StepResult::skipped).collect(),
+                error: Some(runtime.masker.mask(&e.0)),
+            };
+        }
+    };
+    let masker = runtime.masker.with(scope.secret_values());
+    // The engines honour the deadline themselves; this outer bound only catches an engine bug,
+    // so a probe can never hang its caller.
+    let grace = Duration::from_millis(250);
+    let work = async {
+        match &spec.kind {
+            ProbeKind::Http(http) => run_steps(http, &runtime.transport, &mut scope, &masker, deadline).await,
+        }
+    };
+    let (mut steps, error) = match tokio::time::timeout_at(deadline + grace, work).await {
+        Ok(steps) => (steps, None),
+        Err(_) => (
+            spec.step_names().into_iter().map(StepResult::skipped).collect(),
+            Some(format!("probe timed out after {}", humantime::format_duration(spec.timeout))),
+        ),
+    };
+    let masker = masker.with(scope.secret_values());
+    steps.iter_mut().for_each(|s| mask_step(s, &masker));
+    let result = if error.is_some() {
+        Outcome::Timeout
+    } else {
+        steps
+            .iter()
+            .map(|s| s.result)
+            .find(|r| !matches!(r, Outcome::Pass | Outcome::Skipped))
+            .unwrap_or(Outcome::Pass)
+    };
+    let error = error.or_else(|| {
+        steps
+            .iter()
+            .find(|s| s.result == Outcome::Timeout)
+            .map(|s| format!("step `{}` timed out", s.name))
+    });
+    AttemptResult { result, duration: started.elapsed(), steps, error }
+}
+
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
