@@ -1,0 +1,145 @@
+//! The console report: each probe and step with result and duration, every failing assertion
+//! with actual vs expected, and with `-v` the request and response of each step.
+
+use std::fmt::Write as _;
+
+use patrol_probes::result::{Outcome, ProbeResult, StepResult};
+use patrol_probes::value::format_seconds;
+
+use super::{RunReport, Summary};
+
+/// Console rendering options.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Style {
+    /// ANSI colours.
+    pub color: bool,
+    /// Request/response detail and phase timings for every step.
+    pub verbose: bool,
+}
+
+/// Renders the whole report.
+pub fn render(report: &RunReport, style: Style) -> String {
+    let mut out = String::new();
+    let width = report.results.iter().map(|r| r.name.len()).max().unwrap_or(0);
+    for probe in &report.results {
+        render_probe(&mut out, probe, width, style);
+    }
+    let s = Summary::of(&report.results);
+    let mut parts = vec![format!("{} passed", s.pass)];
+    for (n, word) in [(s.fail, "failed"), (s.error, "errored"), (s.timeout, "timed out")] {
+        if n > 0 {
+            parts.push(format!("{n} {word}"));
+        }
+    }
+    if s.flaky > 0 {
+        parts.push(format!("{} passed only after a retry", s.flaky));
+    }
+    let verdict = if s.all_passed() { paint("PASS", Outcome::Pass, style) } else { paint("FAIL", Outcome::Fail, style) };
+    let _ = writeln!(
+        out,
+        "\n{verdict}  {} probe{}: {} in {}",
+        s.total,
+        if s.total == 1 { "" } else { "s" },
+        parts.join(", "),
+        format_seconds(report.duration.as_secs_f64())
+    );
+    out
+}
+
+fn render_probe(out: &mut String, probe: &ProbeResult, width: usize, style: Style) {
+    let attempts = if probe.attempts > 1 { format!("  ({} attempts, first {})", probe.attempts, probe.first_attempt) } else { String::new() };
+    let _ = writeln!(
+        out,
+        "{}  {:<width$}  {:>8}{attempts}",
+        label(probe.result, style),
+        probe.name,
+        format_seconds(probe.duration.as_secs_f64()),
+    );
+    if let Some(e) = &probe.error {
+        let _ = writeln!(out, "         {e}");
+    }
+    let step_width = probe.steps.iter().map(|s| s.name.len()).max().unwrap_or(0);
+    for step in &probe.steps {
+        render_step(out, step, step_width, style);
+    }
+}
+
+fn render_step(out: &mut String, step: &StepResult, width: usize, style: Style) {
+    let status = step.status.map_or_else(|| "   ".to_string(), |s| s.to_string());
+    if step.result == Outcome::Skipped {
+        let _ = writeln!(out, "         {}  {}", label(step.result, style), step.name);
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "         {}  {:<width$}  {status}  {:>8}",
+        label(step.result, style),
+        step.name,
+        format_seconds(step.duration.as_secs_f64()),
+    );
+    let pad = "                  ";
+    for a in &step.asserts {
+        if a.result.is_pass() && !style.verbose {
+            continue;
+        }
+        let mark = if a.result.is_pass() { "ok" } else { "x " };
+        let _ = writeln!(out, "{pad}{mark} {}", a.expr);
+        if !a.result.is_pass() {
+            let _ = writeln!(out, "{pad}     actual:   {}", a.actual.as_deref().unwrap_or("(none)"));
+            let _ = writeln!(out, "{pad}     expected: {}", a.expected);
+            if let Some(m) = &a.message {
+                let _ = writeln!(out, "{pad}     note:     {m}");
+            }
+        }
+    }
+    if let Some(e) = &step.error {
+        let _ = writeln!(out, "{pad}{e}");
+    }
+    for artifact in &step.artifacts {
+        let _ = writeln!(out, "{pad}saved {artifact}");
+    }
+    if style.verbose {
+        if let Some(p) = &step.phases {
+            let phases: Vec<String> = p.iter().iter().map(|(n, d)| format!("{n} {}", format_seconds(d.as_secs_f64()))).collect();
+            let _ = writeln!(out, "{pad}phases: {}", phases.join(", "));
+        }
+        if let Some(x) = &step.exchange {
+            let _ = writeln!(out, "{pad}> {}", x.request_line);
+            for (n, v) in &x.request_headers {
+                let _ = writeln!(out, "{pad}> {n}: {v}");
+            }
+            if let Some(b) = &x.request_body {
+                let _ = writeln!(out, "{pad}> {}", b.replace('\n', &format!("\n{pad}> ")));
+            }
+            for (n, v) in &x.response_headers {
+                let _ = writeln!(out, "{pad}< {n}: {v}");
+            }
+            if let Some(b) = &x.response_body {
+                let _ = writeln!(out, "{pad}< {}", b.replace('\n', &format!("\n{pad}< ")));
+            }
+        }
+    }
+}
+
+fn label(outcome: Outcome, style: Style) -> String {
+    let text = match outcome {
+        Outcome::Pass => "PASS   ",
+        Outcome::Fail => "FAIL   ",
+        Outcome::Error => "ERROR  ",
+        Outcome::Timeout => "TIMEOUT",
+        Outcome::Skipped => "SKIP   ",
+    };
+    paint(text, outcome, style)
+}
+
+fn paint(text: &str, outcome: Outcome, style: Style) -> String {
+    if !style.color {
+        return text.to_string();
+    }
+    let code = match outcome {
+        Outcome::Pass => "32",
+        Outcome::Fail | Outcome::Error | Outcome::Timeout => "31",
+        Outcome::Skipped => "90",
+    };
+    format!("\x1b[{code}m{text}\x1b[0m")
+}
