@@ -36,8 +36,18 @@ pub async fn run(shop_listen: SocketAddr, verbose: bool) -> ExitCode {
     config.set_var("smoke_password", password);
     println!("Reference shop listening on {}", shop.url());
     println!("Running {EXAMPLE_NAME} against it (the test password is masked as ***):\n");
-    let outputs = Outputs { config_name: EXAMPLE_NAME.into(), verbose, ..Outputs::default() };
-    let code = run_and_report(&config, &Selection::default(), Masker::new([password.to_string()]), &outputs).await;
+    let outputs = Outputs {
+        config_name: EXAMPLE_NAME.into(),
+        verbose,
+        ..Outputs::default()
+    };
+    let code = run_and_report(
+        &config,
+        &Selection::default(),
+        Masker::new([password.to_string()]),
+        &outputs,
+    )
+    .await;
     shop.shutdown().await;
     code
 }

@@ -101,12 +101,18 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Validate { config } => validate(&config),
         Command::Verify(args) => with_runtime(verify_command(args)),
-        Command::Demo { shop_listen, verbose } => with_runtime(demo::run(shop_listen, verbose)),
+        Command::Demo {
+            shop_listen,
+            verbose,
+        } => with_runtime(demo::run(shop_listen, verbose)),
     }
 }
 
 fn with_runtime(work: impl std::future::Future<Output = ExitCode>) -> ExitCode {
-    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt.block_on(work),
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -134,7 +140,11 @@ fn load_config(path: &Path) -> Option<config::Config> {
 fn validate(path: &Path) -> ExitCode {
     match load_config(path) {
         Some(config) => {
-            let scheduled = config.probes.iter().filter(|p| p.schedule.is_some()).count();
+            let scheduled = config
+                .probes
+                .iter()
+                .filter(|p| p.schedule.is_some())
+                .count();
             println!(
                 "{}: ok — {} probe{} ({scheduled} scheduled), {} var{}",
                 path.display(),
@@ -150,7 +160,9 @@ fn validate(path: &Path) -> ExitCode {
 }
 
 async fn verify_command(args: VerifyArgs) -> ExitCode {
-    let Some(mut config) = load_config(&args.config) else { return ExitCode::from(2) };
+    let Some(mut config) = load_config(&args.config) else {
+        return ExitCode::from(2);
+    };
     for (name, value) in &args.vars {
         config.set_var(name, value);
     }
@@ -161,7 +173,16 @@ async fn verify_command(args: VerifyArgs) -> ExitCode {
         verbose: args.verbose,
         concurrency: args.concurrency,
     };
-    run_and_report(&config, &Selection { tags: args.tags, probes: args.probes }, config.masker(), &outputs).await
+    run_and_report(
+        &config,
+        &Selection {
+            tags: args.tags,
+            probes: args.probes,
+        },
+        config.masker(),
+        &outputs,
+    )
+    .await
 }
 
 /// Where and how `verify` reports.
@@ -198,7 +219,11 @@ pub async fn run_and_report(
     let started = Instant::now();
     let concurrency = args.concurrency.unwrap_or(config.agent.max_concurrency);
     let results = verify::run_all(&chosen, &runtime, concurrency).await;
-    let report = RunReport { config: args.config_name.clone(), results, duration: started.elapsed() };
+    let report = RunReport {
+        config: args.config_name.clone(),
+        results,
+        duration: started.elapsed(),
+    };
     let style = console::Style {
         color: std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
         verbose: args.verbose,
@@ -214,7 +239,11 @@ pub async fn run_and_report(
     if write_failed {
         return ExitCode::from(2);
     }
-    if Summary::of(&report.results).all_passed() { ExitCode::SUCCESS } else { ExitCode::from(1) }
+    if Summary::of(&report.results).all_passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
 }
 
 fn write_file(path: &Path, content: &str) -> bool {

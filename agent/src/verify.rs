@@ -7,8 +7,8 @@ use patrol_probes::result::{Outcome, ProbeResult, StepResult};
 use patrol_probes::run::{Runtime, run_probe};
 use tokio::sync::Semaphore;
 
-use crate::config::{Config, ProbeConfig};
 use crate::config::yaml::did_you_mean;
+use crate::config::{Config, ProbeConfig};
 
 /// Which probes to run: all when both lists are empty.
 #[derive(Debug, Clone, Default)]
@@ -20,7 +20,10 @@ pub struct Selection {
 }
 
 /// Picks the probes `selection` names; `Err` explains a name that matches nothing.
-pub fn select<'c>(config: &'c Config, selection: &Selection) -> Result<Vec<&'c ProbeConfig>, String> {
+pub fn select<'c>(
+    config: &'c Config,
+    selection: &Selection,
+) -> Result<Vec<&'c ProbeConfig>, String> {
     for name in &selection.probes {
         if !config.probes.iter().any(|p| &p.spec.name == name) {
             let hint = did_you_mean(name, config.probes.iter().map(|p| p.spec.name.as_str()))
@@ -40,13 +43,20 @@ pub fn select<'c>(config: &'c Config, selection: &Selection) -> Result<Vec<&'c P
         })
         .collect();
     if chosen.is_empty() {
-        return Err(format!("no probe has any of the tags {}", selection.tags.join(", ")));
+        return Err(format!(
+            "no probe has any of the tags {}",
+            selection.tags.join(", ")
+        ));
     }
     Ok(chosen)
 }
 
 /// Runs `probes` once each, at most `concurrency` at a time; results keep the given order.
-pub async fn run_all(probes: &[&ProbeConfig], runtime: &Runtime, concurrency: usize) -> Vec<ProbeResult> {
+pub async fn run_all(
+    probes: &[&ProbeConfig],
+    runtime: &Runtime,
+    concurrency: usize,
+) -> Vec<ProbeResult> {
     let permits = Arc::new(Semaphore::new(concurrency.max(1)));
     let mut tasks = Vec::with_capacity(probes.len());
     for probe in probes {
@@ -78,7 +88,12 @@ fn crashed(probe: &ProbeConfig, why: &str) -> ProbeResult {
         attempts: 1,
         first_attempt: Outcome::Error,
         started_at_ms: 0,
-        steps: probe.spec.step_names().into_iter().map(StepResult::skipped).collect(),
+        steps: probe
+            .spec
+            .step_names()
+            .into_iter()
+            .map(StepResult::skipped)
+            .collect(),
         retried: Vec::new(),
         error: Some(format!("internal error: the probe crashed ({why})")),
     }

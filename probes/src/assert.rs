@@ -65,9 +65,12 @@ impl Expected {
         Ok(match self {
             Expected::Value(v) => v.clone(),
             Expected::Text(t) => Value::Text(t.render(scope).map_err(|e| e.0)?),
-            Expected::List(items) => {
-                Value::List(items.iter().map(|i| i.render(scope)).collect::<Result<_, _>>()?)
-            }
+            Expected::List(items) => Value::List(
+                items
+                    .iter()
+                    .map(|i| i.render(scope))
+                    .collect::<Result<_, _>>()?,
+            ),
         })
     }
 
@@ -85,7 +88,11 @@ impl Expected {
 enum Predicate {
     Exists,
     NotExists,
-    Compare { op: Operator, expected: Expected, regex: Option<regex::Regex> },
+    Compare {
+        op: Operator,
+        expected: Expected,
+        regex: Option<regex::Regex>,
+    },
 }
 
 /// A parsed assertion.
@@ -176,7 +183,10 @@ impl Assertion {
                         Some(regex::Regex::new(t.source()).map_err(|e| {
                             SyntaxError::new(
                                 offset + 1,
-                                format!("invalid regex: {}", e.to_string().lines().last().unwrap_or("").trim()),
+                                format!(
+                                    "invalid regex: {}",
+                                    e.to_string().lines().last().unwrap_or("").trim()
+                                ),
                                 "see https://docs.rs/regex for the syntax",
                             )
                         })?)
@@ -191,7 +201,11 @@ impl Assertion {
                     }
                     _ => None,
                 };
-                Predicate::Compare { op, expected, regex }
+                Predicate::Compare {
+                    op,
+                    expected,
+                    regex,
+                }
             }
         };
         if let Some((token, at)) = tokens.get(pos) {
@@ -202,7 +216,13 @@ impl Assertion {
             ));
         }
         let template_offsets = string_offsets(&tokens);
-        Ok(Assertion { source: source.to_string(), query, count, predicate, template_offsets })
+        Ok(Assertion {
+            source: source.to_string(),
+            query,
+            count,
+            predicate,
+            template_offsets,
+        })
     }
 
     /// The assertion as written.
@@ -221,11 +241,19 @@ impl Assertion {
         if let Predicate::Compare { expected, .. } = &self.predicate {
             expected.templates(&mut found);
         }
-        found.into_iter().zip(self.template_offsets.iter().copied()).collect()
+        found
+            .into_iter()
+            .zip(self.template_offsets.iter().copied())
+            .collect()
     }
 
     /// Evaluates against what a step observed. Secrets are masked in actual and expected.
-    pub fn evaluate(&self, obs: &Observation<'_>, scope: &mut Scope, masker: &Masker) -> AssertResult {
+    pub fn evaluate(
+        &self,
+        obs: &Observation<'_>,
+        scope: &mut Scope,
+        masker: &Masker,
+    ) -> AssertResult {
         let mut result = AssertResult {
             expr: self.source.clone(),
             result: Outcome::Fail,
@@ -261,7 +289,11 @@ impl Assertion {
                 result.expected = "not exists".into();
                 Ok(found.is_none())
             }
-            Predicate::Compare { op, expected, regex } => match expected.render(scope) {
+            Predicate::Compare {
+                op,
+                expected,
+                regex,
+            } => match expected.render(scope) {
                 Err(e) => Err(e),
                 Ok(want) => {
                     result.expected = masker.mask(&format!("{} {want}", op.symbol()));
@@ -295,7 +327,12 @@ impl Assertion {
     }
 }
 
-fn compare(op: Operator, actual: &Value, want: &Value, regex: Option<&regex::Regex>) -> Result<bool, String> {
+fn compare(
+    op: Operator,
+    actual: &Value,
+    want: &Value,
+    regex: Option<&regex::Regex>,
+) -> Result<bool, String> {
     Ok(match op {
         Operator::Eq => actual.loosely_equals(want),
         Operator::Ne => !actual.loosely_equals(want),
@@ -311,7 +348,13 @@ fn compare(op: Operator, actual: &Value, want: &Value, regex: Option<&regex::Reg
             (Value::Text(a), Value::Text(w)) => a.contains(w.as_str()),
             (Value::List(items), w) => items.iter().any(|i| i.loosely_equals(w)),
             (Value::Object(map), Value::Text(key)) => map.contains_key(key),
-            (a, w) => return Err(format!("cannot check whether {} contains {}", a.kind(), w.kind())),
+            (a, w) => {
+                return Err(format!(
+                    "cannot check whether {} contains {}",
+                    a.kind(),
+                    w.kind()
+                ));
+            }
         },
         Operator::Matches => {
             let Value::Text(text) = actual else {
@@ -322,7 +365,9 @@ fn compare(op: Operator, actual: &Value, want: &Value, regex: Option<&regex::Reg
                 (None, Value::Text(pattern)) => regex::Regex::new(pattern)
                     .map_err(|e| format!("invalid regex after rendering: {e}"))?
                     .is_match(text),
-                (None, other) => return Err(format!("`matches` needs a pattern, got {}", other.kind())),
+                (None, other) => {
+                    return Err(format!("`matches` needs a pattern, got {}", other.kind()));
+                }
             }
         }
     })
@@ -344,15 +389,25 @@ fn parse_expected(
     *pos += 1;
     Ok(match token {
         Token::Number(n) => Expected::Value(Value::Number(*n)),
-        Token::Duration(text) => Expected::Value(Value::duration(humantime::parse_duration(text).map_err(|e| {
-            SyntaxError::new(*at, format!("invalid duration `{text}`: {e}"), "write durations like 500ms, 2s, 30d")
-        })?)),
+        Token::Duration(text) => Expected::Value(Value::duration(
+            humantime::parse_duration(text).map_err(|e| {
+                SyntaxError::new(
+                    *at,
+                    format!("invalid duration `{text}`: {e}"),
+                    "write durations like 500ms, 2s, 30d",
+                )
+            })?,
+        )),
         Token::Str(s) => {
             let template = Template::parse(s).map_err(|e| {
                 // The string starts one byte after its opening quote; escapes before the
                 // placeholder would shift this, which is rare enough to accept.
                 let offset = (*at + 1 + e.offset).min(source.len());
-                SyntaxError { offset, message: e.message, help: e.help }
+                SyntaxError {
+                    offset,
+                    message: e.message,
+                    help: e.help,
+                }
             })?;
             Expected::Text(template)
         }
@@ -404,7 +459,8 @@ fn parse_expected(
 fn string_offsets(tokens: &[(Token, usize)]) -> Vec<usize> {
     // Strings after the operator, in order: the query's own argument is not a template.
     let op_index = tokens.iter().position(|(t, _)| {
-        matches!(t, Token::Op(_)) || matches!(t, Token::Word(w) if w == "in" || w == "contains" || w == "matches")
+        matches!(t, Token::Op(_))
+            || matches!(t, Token::Word(w) if w == "in" || w == "contains" || w == "matches")
     });
     match op_index {
         Some(i) => tokens[i..]
@@ -440,7 +496,13 @@ mod tests {
     }
 
     fn response<'a>(headers: &'a [(String, String)], body: &'a str) -> Observation<'a> {
-        Observation::new(Some(201), headers, body.as_bytes(), Duration::from_millis(120), None)
+        Observation::new(
+            Some(201),
+            headers,
+            body.as_bytes(),
+            Duration::from_millis(120),
+            None,
+        )
     }
 
     #[test]
@@ -451,27 +513,86 @@ mod tests {
         let cases = [
             ("status == 201", Outcome::Pass, Some("201"), "== 201"),
             ("status != 201", Outcome::Fail, Some("201"), "!= 201"),
-            ("status in [200, 201]", Outcome::Pass, Some("201"), "in [200, 201]"),
+            (
+                "status in [200, 201]",
+                Outcome::Pass,
+                Some("201"),
+                "in [200, 201]",
+            ),
             ("status < 300", Outcome::Pass, Some("201"), "< 300"),
             ("status >= 400", Outcome::Fail, Some("201"), ">= 400"),
-            ("header \"Content-Type\" contains \"json\"", Outcome::Pass, Some("\"application/json\""), "contains \"json\""),
-            ("jsonpath \"$.token\" exists", Outcome::Pass, Some("\"abc\""), "exists"),
-            ("jsonpath \"$.missing\" not exists", Outcome::Pass, None, "not exists"),
-            ("jsonpath \"$.missing\" exists", Outcome::Fail, None, "exists"),
-            ("jsonpath \"$.items\" count == 3", Outcome::Pass, Some("3"), "== 3"),
-            ("jsonpath \"$.items\" contains 2", Outcome::Pass, Some("[1, 2, 3]"), "contains 2"),
-            ("jsonpath \"$.price\" > 999", Outcome::Pass, Some("999.5"), "> 999"),
-            ("jsonpath \"$.name\" matches \"^Laptop\"", Outcome::Pass, Some("\"Laptop Pro\""), "matches \"^Laptop\""),
-            ("body contains \"Laptop\"", Outcome::Pass, Some(body), "contains \"Laptop\""),
+            (
+                "header \"Content-Type\" contains \"json\"",
+                Outcome::Pass,
+                Some("\"application/json\""),
+                "contains \"json\"",
+            ),
+            (
+                "jsonpath \"$.token\" exists",
+                Outcome::Pass,
+                Some("\"abc\""),
+                "exists",
+            ),
+            (
+                "jsonpath \"$.missing\" not exists",
+                Outcome::Pass,
+                None,
+                "not exists",
+            ),
+            (
+                "jsonpath \"$.missing\" exists",
+                Outcome::Fail,
+                None,
+                "exists",
+            ),
+            (
+                "jsonpath \"$.items\" count == 3",
+                Outcome::Pass,
+                Some("3"),
+                "== 3",
+            ),
+            (
+                "jsonpath \"$.items\" contains 2",
+                Outcome::Pass,
+                Some("[1, 2, 3]"),
+                "contains 2",
+            ),
+            (
+                "jsonpath \"$.price\" > 999",
+                Outcome::Pass,
+                Some("999.5"),
+                "> 999",
+            ),
+            (
+                "jsonpath \"$.name\" matches \"^Laptop\"",
+                Outcome::Pass,
+                Some("\"Laptop Pro\""),
+                "matches \"^Laptop\"",
+            ),
+            (
+                "body contains \"Laptop\"",
+                Outcome::Pass,
+                Some(body),
+                "contains \"Laptop\"",
+            ),
             ("duration < 500ms", Outcome::Pass, Some("120ms"), "< 500ms"),
             ("duration < 100", Outcome::Fail, Some("120ms"), "< 100"),
-            ("regex \"\\\"token\\\":\\\"(\\w+)\\\"\" == \"abc\"", Outcome::Pass, Some("\"abc\""), "== \"abc\""),
+            (
+                "regex \"\\\"token\\\":\\\"(\\w+)\\\"\" == \"abc\"",
+                Outcome::Pass,
+                Some("\"abc\""),
+                "== \"abc\"",
+            ),
         ];
         for (expr, outcome, actual, expected) in cases {
             let r = check(expr, &obs);
             assert_eq!(r.result, outcome, "{expr}: {r:?}");
             if expr.starts_with("body") {
-                assert_eq!(r.actual.as_deref(), Some(format!("{:?}", body).as_str()), "{expr}");
+                assert_eq!(
+                    r.actual.as_deref(),
+                    Some(format!("{:?}", body).as_str()),
+                    "{expr}"
+                );
             } else {
                 assert_eq!(r.actual.as_deref(), actual, "{expr}");
             }
@@ -484,7 +605,12 @@ mod tests {
         let obs = response(&[], "{\"products\": [");
         let r = check("jsonpath \"$.products\" exists", &obs);
         assert_eq!(r.result, Outcome::Fail);
-        assert!(r.message.as_deref().is_some_and(|m| m.starts_with("body is not valid JSON")), "{r:?}");
+        assert!(
+            r.message
+                .as_deref()
+                .is_some_and(|m| m.starts_with("body is not valid JSON")),
+            "{r:?}"
+        );
     }
 
     #[test]
@@ -517,9 +643,17 @@ mod tests {
             ("status", 6, "`status` needs an operator and a value"),
             ("status ==", 9, "missing the expected value"),
             ("status in 200", 10, "`in` needs a list"),
-            ("jsonpath token exists", 9, "`jsonpath` needs a quoted JSONPath"),
+            (
+                "jsonpath token exists",
+                9,
+                "`jsonpath` needs a quoted JSONPath",
+            ),
             ("body matches \"(\"", 14, "invalid regex"),
-            ("status == 200 201", 14, "unexpected `201` after the assertion"),
+            (
+                "status == 200 201",
+                14,
+                "unexpected `201` after the assertion",
+            ),
             ("duration < 5zz", 11, "invalid duration `5zz`"),
             ("body contains \"{{ x \"", 15, "unclosed `{{`"),
             ("status == ok", 10, "`ok` is not a value"),

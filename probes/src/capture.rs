@@ -26,14 +26,21 @@ impl Capture {
                 "a capture is only a query, e.g. `jsonpath \"$.token\"`; put conditions in assert",
             ));
         }
-        Ok(Capture { name: name.to_string(), query })
+        Ok(Capture {
+            name: name.to_string(),
+            query,
+        })
     }
 
     /// The captured text, or why nothing could be captured.
     pub fn extract(&self, obs: &Observation<'_>) -> Result<String, String> {
         match self.query.evaluate(obs)? {
             Some(v) => Ok(v.to_plain_text()),
-            None => Err(format!("capture `{}`: {} found nothing", self.name, self.query.describe())),
+            None => Err(format!(
+                "capture `{}`: {} found nothing",
+                self.name,
+                self.query.describe()
+            )),
         }
     }
 }
@@ -47,7 +54,10 @@ mod tests {
     fn captures_from_json_headers_regex_and_cookies() {
         let headers = vec![
             ("set-cookie".to_string(), "theme=dark; Path=/".to_string()),
-            ("set-cookie".to_string(), "session=s-123; HttpOnly".to_string()),
+            (
+                "set-cookie".to_string(),
+                "session=s-123; HttpOnly".to_string(),
+            ),
             ("location".to_string(), "/orders/42".to_string()),
         ];
         let body = br#"{"token":"t-1","n":5,"user":{"id":"u1"}}"#;
@@ -58,9 +68,16 @@ mod tests {
         assert_eq!(get("jsonpath \"$.user\""), Ok(r#"{"id":"u1"}"#.into()));
         assert_eq!(get("header \"Location\""), Ok("/orders/42".into()));
         assert_eq!(get("cookie \"session\""), Ok("s-123".into()));
-        assert_eq!(get("regex \"orders/(\\d+)\""), Err("capture `x`: regex \"orders/(\\d+)\" found nothing".into()));
+        assert_eq!(
+            get("regex \"orders/(\\d+)\""),
+            Err("capture `x`: regex \"orders/(\\d+)\" found nothing".into())
+        );
         assert_eq!(get("regex \"\\\"n\\\":(\\d+)\""), Ok("5".into()));
-        assert!(get("jsonpath \"$.nope\"").expect_err("nothing").contains("found nothing"));
+        assert!(
+            get("jsonpath \"$.nope\"")
+                .expect_err("nothing")
+                .contains("found nothing")
+        );
     }
 
     #[test]

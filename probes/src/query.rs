@@ -61,13 +61,21 @@ impl<'a> Observation<'a> {
         duration: Duration,
         cert_not_after: Option<i64>,
     ) -> Self {
-        Observation { status, headers, body, duration, cert_not_after, json: OnceCell::new() }
+        Observation {
+            status,
+            headers,
+            body,
+            duration,
+            cert_not_after,
+            json: OnceCell::new(),
+        }
     }
 
     fn json(&self) -> Result<&serde_json::Value, String> {
         self.json
             .get_or_init(|| {
-                serde_json::from_slice(self.body).map_err(|e| format!("body is not valid JSON: {e}"))
+                serde_json::from_slice(self.body)
+                    .map_err(|e| format!("body is not valid JSON: {e}"))
             })
             .as_ref()
             .map_err(Clone::clone)
@@ -84,7 +92,11 @@ impl<'a> Observation<'a> {
 impl Query {
     /// Parses a query from `tokens[*pos..]`, advancing `pos`. `end` is the expression's length,
     /// for errors at the end of input.
-    pub fn parse(tokens: &[(Token, usize)], pos: &mut usize, end: usize) -> Result<Query, SyntaxError> {
+    pub fn parse(
+        tokens: &[(Token, usize)],
+        pos: &mut usize,
+        end: usize,
+    ) -> Result<Query, SyntaxError> {
         let Some((Token::Word(word), at)) = tokens.get(*pos) else {
             let offset = tokens.get(*pos).map_or(end, |t| t.1);
             return Err(SyntaxError::new(
@@ -119,7 +131,7 @@ impl Query {
                 let (source, offset) = argument("JSONPath", "jsonpath \"$.token\"")?;
                 let path = JsonPath::parse(&source).map_err(|e| {
                     SyntaxError::new(
-                        offset + e.position().max(1),
+                        offset + 1 + e.position(),
                         format!("invalid JSONPath `{source}`: {}", e.message()),
                         "JSONPath follows RFC 9535, e.g. \"$.products[0].id\"",
                     )
@@ -167,7 +179,9 @@ impl Query {
                 match nodes.as_slice() {
                     [] => None,
                     [one] => Some(Value::from_json(one)),
-                    many => Some(Value::List(many.iter().map(|v| Value::from_json(v)).collect())),
+                    many => Some(Value::List(
+                        many.iter().map(|v| Value::from_json(v)).collect(),
+                    )),
                 }
             }
             Query::Regex(re) => {
@@ -204,8 +218,16 @@ impl Query {
     }
 }
 
-const QUERIES: [&str; 8] =
-    ["status", "header", "jsonpath", "body", "duration", "cert_expiry", "regex", "cookie"];
+const QUERIES: [&str; 8] = [
+    "status",
+    "header",
+    "jsonpath",
+    "body",
+    "duration",
+    "cert_expiry",
+    "regex",
+    "cookie",
+];
 
 fn suggest_query(word: &str) -> String {
     let best = QUERIES

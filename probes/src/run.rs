@@ -24,7 +24,11 @@ pub struct Runtime {
 impl Runtime {
     /// A runtime for these vars and secrets.
     pub fn new(vars: Vec<(String, Template)>, masker: Masker) -> Runtime {
-        Runtime { transport: Transport::new(), vars: Arc::new(vars), masker }
+        Runtime {
+            transport: Transport::new(),
+            vars: Arc::new(vars),
+            masker,
+        }
     }
 }
 
@@ -39,7 +43,9 @@ pub async fn run_probe(spec: &ProbeSpec, runtime: &Runtime) -> ProbeResult {
         let attempt = run_attempt(spec, runtime).await;
         let last = attempt_no > spec.retries || attempt.result.is_pass();
         if last {
-            let first_attempt = retried.first().map_or(attempt.result, |a: &Attempt| a.result);
+            let first_attempt = retried
+                .first()
+                .map_or(attempt.result, |a: &Attempt| a.result);
             return ProbeResult {
                 name: spec.name.clone(),
                 kind: spec.type_name().to_string(),
@@ -53,8 +59,14 @@ pub async fn run_probe(spec: &ProbeSpec, runtime: &Runtime) -> ProbeResult {
                 retried,
             };
         }
-        retried.push(Attempt { result: attempt.result, duration: attempt.duration, steps: attempt.steps });
-        let backoff = spec.retry_backoff.saturating_mul(1 << (attempt_no - 1).min(6));
+        retried.push(Attempt {
+            result: attempt.result,
+            duration: attempt.duration,
+            steps: attempt.steps,
+        });
+        let backoff = spec
+            .retry_backoff
+            .saturating_mul(1 << (attempt_no - 1).min(6));
         tokio::time::sleep(backoff).await;
     }
 }
@@ -75,7 +87,11 @@ async fn run_attempt(spec: &ProbeSpec, runtime: &Runtime) -> AttemptResult {
             return AttemptResult {
                 result: Outcome::Error,
                 duration: started.elapsed(),
-                steps: spec.step_names().into_iter().map(StepResult::skipped).collect(),
+                steps: spec
+                    .step_names()
+                    .into_iter()
+                    .map(StepResult::skipped)
+                    .collect(),
                 error: Some(runtime.masker.mask(&e.0)),
             };
         }
@@ -86,14 +102,22 @@ async fn run_attempt(spec: &ProbeSpec, runtime: &Runtime) -> AttemptResult {
     let grace = Duration::from_millis(250);
     let work = async {
         match &spec.kind {
-            ProbeKind::Http(http) => run_steps(http, &runtime.transport, &mut scope, &masker, deadline).await,
+            ProbeKind::Http(http) => {
+                run_steps(http, &runtime.transport, &mut scope, &masker, deadline).await
+            }
         }
     };
     let (mut steps, error) = match tokio::time::timeout_at(deadline + grace, work).await {
         Ok(steps) => (steps, None),
         Err(_) => (
-            spec.step_names().into_iter().map(StepResult::skipped).collect(),
-            Some(format!("probe timed out after {}", humantime::format_duration(spec.timeout))),
+            spec.step_names()
+                .into_iter()
+                .map(StepResult::skipped)
+                .collect(),
+            Some(format!(
+                "probe timed out after {}",
+                humantime::format_duration(spec.timeout)
+            )),
         ),
     };
     let masker = masker.with(scope.secret_values());
@@ -113,7 +137,12 @@ async fn run_attempt(spec: &ProbeSpec, runtime: &Runtime) -> AttemptResult {
             .find(|s| s.result == Outcome::Timeout)
             .map(|s| format!("step `{}` timed out", s.name))
     });
-    AttemptResult { result, duration: started.elapsed(), steps, error }
+    AttemptResult {
+        result,
+        duration: started.elapsed(),
+        steps,
+        error,
+    }
 }
 
 fn unix_ms() -> i64 {

@@ -36,7 +36,11 @@ pub struct SyntaxError {
 impl SyntaxError {
     /// An error with a hint.
     pub fn new(offset: usize, message: impl Into<String>, help: impl Into<String>) -> Self {
-        SyntaxError { offset, message: message.into(), help: Some(help.into()) }
+        SyntaxError {
+            offset,
+            message: message.into(),
+            help: Some(help.into()),
+        }
     }
 }
 
@@ -100,7 +104,11 @@ pub fn tokenize(src: &str) -> Result<Vec<(Token, usize)>, SyntaxError> {
                 let text = &src[i..end];
                 if let Ok(n) = text.parse::<f64>() {
                     out.push((Token::Number(n), start));
-                } else if text.chars().last().is_some_and(|ch| ch.is_ascii_alphabetic()) {
+                } else if text
+                    .chars()
+                    .last()
+                    .is_some_and(|ch| ch.is_ascii_alphabetic())
+                {
                     out.push((Token::Duration(text.to_string()), start));
                 } else {
                     return Err(SyntaxError::new(

@@ -86,14 +86,24 @@ impl Template {
         if !rest.is_empty() {
             parts.push(Part::Literal(rest.to_string()));
         }
-        Ok(Template { source: source.to_string(), parts })
+        Ok(Template {
+            source: source.to_string(),
+            parts,
+        })
     }
 
     /// A template with no placeholders.
     pub fn literal(text: impl Into<String>) -> Template {
         let text = text.into();
-        let parts = if text.is_empty() { Vec::new() } else { vec![Part::Literal(text.clone())] };
-        Template { source: text, parts }
+        let parts = if text.is_empty() {
+            Vec::new()
+        } else {
+            vec![Part::Literal(text.clone())]
+        };
+        Template {
+            source: text,
+            parts,
+        }
     }
 
     /// The template as written.
@@ -178,7 +188,9 @@ fn parse_placeholder(inner: &str, offset: usize) -> Result<Placeholder, Template
             "only `env.NAME` and `file.PATH` have a namespace; vars and captures are plain names",
         ));
     }
-    let valid = inner.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    let valid = inner
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
         && !inner.starts_with(|c: char| c.is_ascii_digit());
     if !valid {
         return Err(err(
@@ -205,7 +217,9 @@ impl Masker {
         // Longest first, so a secret that contains another is masked whole.
         secrets.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
         secrets.dedup();
-        Masker { secrets: Arc::new(secrets) }
+        Masker {
+            secrets: Arc::new(secrets),
+        }
     }
 
     /// This masker plus more secret values.
@@ -270,11 +284,15 @@ impl Scope {
                 .render(&mut scope)
                 .map_err(|e| RenderError(format!("var `{name}`: {e}")))?;
             let secret = scope.secrets.len() > before
-                || template.placeholders().any(|(p, _)| scope.is_secret_placeholder(p));
+                || template
+                    .placeholders()
+                    .any(|(p, _)| scope.is_secret_placeholder(p));
             if secret {
                 scope.secrets.push(text.clone());
             }
-            scope.values.insert(name.clone(), ScopeValue { text, secret });
+            scope
+                .values
+                .insert(name.clone(), ScopeValue { text, secret });
         }
         Ok(scope)
     }
@@ -289,7 +307,13 @@ impl Scope {
 
     /// Sets a capture (or var) value.
     pub fn set(&mut self, name: impl Into<String>, text: impl Into<String>) {
-        self.values.insert(name.into(), ScopeValue { text: text.into(), secret: false });
+        self.values.insert(
+            name.into(),
+            ScopeValue {
+                text: text.into(),
+                secret: false,
+            },
+        );
     }
 
     /// The value of a name, if set.
@@ -316,9 +340,8 @@ impl Scope {
                 ))),
             },
             Placeholder::Env(name) => {
-                let value = std::env::var(name).map_err(|_| {
-                    RenderError(format!("environment variable {name} is not set"))
-                })?;
+                let value = std::env::var(name)
+                    .map_err(|_| RenderError(format!("environment variable {name} is not set")))?;
                 self.secrets.push(value.clone());
                 Ok(value)
             }
@@ -345,7 +368,10 @@ mod tests {
     use super::*;
 
     fn render(src: &str, scope: &mut Scope) -> String {
-        Template::parse(src).expect("parses").render(scope).expect("renders")
+        Template::parse(src)
+            .expect("parses")
+            .render(scope)
+            .expect("renders")
     }
 
     #[test]
@@ -359,7 +385,10 @@ mod tests {
     fn names_and_builtins_render() {
         let mut scope = Scope::new();
         scope.set("api", "http://127.0.0.1:1");
-        assert_eq!(render("{{api}}/x/{{ api }}", &mut scope), "http://127.0.0.1:1/x/http://127.0.0.1:1");
+        assert_eq!(
+            render("{{api}}/x/{{ api }}", &mut scope),
+            "http://127.0.0.1:1/x/http://127.0.0.1:1"
+        );
         let id = render("{{ uuid }}", &mut scope);
         assert!(uuid::Uuid::parse_str(&id).is_ok(), "{id}");
         assert!(render("{{ random }}", &mut scope).parse::<u32>().is_ok());
@@ -373,7 +402,10 @@ mod tests {
         let found: Vec<_> = t.placeholders().map(|(p, o)| (p.clone(), o)).collect();
         assert_eq!(
             found,
-            vec![(Placeholder::Name("x".into()), 5), (Placeholder::Env("HOME".into()), 14)]
+            vec![
+                (Placeholder::Name("x".into()), 5),
+                (Placeholder::Env("HOME".into()), 14)
+            ]
         );
     }
 
@@ -386,7 +418,11 @@ mod tests {
         assert!(e.message.contains("empty"));
         let e = Template::parse("x{{ vault.key }}").expect_err("namespace");
         assert_eq!(e.offset, 4);
-        assert!(e.message.contains("unknown namespace `vault.`"), "{}", e.message);
+        assert!(
+            e.message.contains("unknown namespace `vault.`"),
+            "{}",
+            e.message
+        );
         let e = Template::parse("{{ env.1X }}").expect_err("bad env");
         assert!(e.message.contains("environment variable"));
     }
@@ -401,13 +437,25 @@ mod tests {
         let var = "HOME";
         let home = std::env::var(var).expect("HOME is set");
         let vars = [
-            ("pw".to_string(), Template::parse(&format!("{{{{ file.{} }}}}", file.display())).expect("p")),
-            ("token".to_string(), Template::parse(&format!("Bearer {{{{ env.{var} }}}}")).expect("p")),
-            ("derived".to_string(), Template::parse("x-{{ pw }}").expect("p")),
+            (
+                "pw".to_string(),
+                Template::parse(&format!("{{{{ file.{} }}}}", file.display())).expect("p"),
+            ),
+            (
+                "token".to_string(),
+                Template::parse(&format!("Bearer {{{{ env.{var} }}}}")).expect("p"),
+            ),
+            (
+                "derived".to_string(),
+                Template::parse("x-{{ pw }}").expect("p"),
+            ),
             ("plain".to_string(), Template::parse("visible").expect("p")),
         ];
         let scope = Scope::with_vars(vars.iter().map(|(n, t)| (n, t))).expect("renders");
-        assert_eq!(scope.get("pw").map(|v| v.text.as_str()), Some("s3cr3t-file"));
+        assert_eq!(
+            scope.get("pw").map(|v| v.text.as_str()),
+            Some("s3cr3t-file")
+        );
         assert!(scope.get("token").is_some_and(|v| v.secret));
         assert!(scope.get("derived").is_some_and(|v| v.secret));
         assert!(scope.get("plain").is_some_and(|v| !v.secret));
@@ -423,9 +471,17 @@ mod tests {
     fn missing_env_and_names_fail_to_render() {
         let t = Template::parse("{{ env.PATROL_TEST_SURELY_UNSET_VAR }}").expect("parses");
         let e = t.render(&mut Scope::new()).expect_err("unset");
-        assert_eq!(e.0, "environment variable PATROL_TEST_SURELY_UNSET_VAR is not set");
+        assert_eq!(
+            e.0,
+            "environment variable PATROL_TEST_SURELY_UNSET_VAR is not set"
+        );
         let t = Template::parse("{{ token }}").expect("parses");
-        assert!(t.render(&mut Scope::new()).expect_err("missing").0.contains("`token` has no value"));
+        assert!(
+            t.render(&mut Scope::new())
+                .expect_err("missing")
+                .0
+                .contains("`token` has no value")
+        );
     }
 
     #[test]
@@ -433,5 +489,4 @@ mod tests {
         let m = Masker::new(["abc".to_string(), "abcdef".to_string(), String::new()]);
         assert_eq!(m.mask("xabcdefx abc"), "x***x ***");
     }
-
 }

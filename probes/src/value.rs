@@ -31,7 +31,9 @@ impl Value {
             serde_json::Value::Bool(b) => Value::Bool(*b),
             serde_json::Value::Number(n) => Value::Number(n.as_f64().unwrap_or(f64::NAN)),
             serde_json::Value::String(s) => Value::Text(s.clone()),
-            serde_json::Value::Array(items) => Value::List(items.iter().map(Value::from_json).collect()),
+            serde_json::Value::Array(items) => {
+                Value::List(items.iter().map(Value::from_json).collect())
+            }
             serde_json::Value::Object(map) => Value::Object(map.clone()),
         }
     }
@@ -87,11 +89,15 @@ impl Value {
     /// Ordering for `<`, `<=`, `>`, `>=`; an error message when the two cannot be ordered.
     pub fn compare(&self, other: &Value) -> Result<Ordering, String> {
         let pair = match (self, other) {
-            (Value::Duration(_), _) | (_, Value::Duration(_)) => (self.as_seconds(), other.as_seconds()),
-            (Value::Text(a), Value::Text(b)) => match (a.trim().parse::<f64>(), b.trim().parse::<f64>()) {
-                (Ok(x), Ok(y)) => (Some(x), Some(y)),
-                _ => return Ok(a.cmp(b)),
-            },
+            (Value::Duration(_), _) | (_, Value::Duration(_)) => {
+                (self.as_seconds(), other.as_seconds())
+            }
+            (Value::Text(a), Value::Text(b)) => {
+                match (a.trim().parse::<f64>(), b.trim().parse::<f64>()) {
+                    (Ok(x), Ok(y)) => (Some(x), Some(y)),
+                    _ => return Ok(a.cmp(b)),
+                }
+            }
             _ => (self.as_number(), other.as_number()),
         };
         match pair {
@@ -151,15 +157,27 @@ pub fn format_seconds(secs: f64) -> String {
     let s = secs.abs();
     let body = if s < 1.0 {
         let ms = s * 1000.0;
-        if ms < 10.0 && ms.fract() != 0.0 { format!("{ms:.2}ms") } else { format!("{}ms", ms.round()) }
+        if ms < 10.0 && ms.fract() != 0.0 {
+            format!("{ms:.2}ms")
+        } else {
+            format!("{}ms", ms.round())
+        }
     } else if s < 60.0 {
         format!("{s:.2}s")
     } else if s < 3600.0 {
         format!("{}m {}s", (s / 60.0).floor(), (s % 60.0).floor())
     } else if s < 86400.0 {
-        format!("{}h {}m", (s / 3600.0).floor(), ((s % 3600.0) / 60.0).floor())
+        format!(
+            "{}h {}m",
+            (s / 3600.0).floor(),
+            ((s % 3600.0) / 60.0).floor()
+        )
     } else {
-        format!("{}d {}h", (s / 86400.0).floor(), ((s % 86400.0) / 3600.0).floor())
+        format!(
+            "{}d {}h",
+            (s / 86400.0).floor(),
+            ((s % 86400.0) / 3600.0).floor()
+        )
     };
     format!("{sign}{body}")
 }
@@ -172,7 +190,10 @@ mod tests {
     fn numbers_and_numeric_text_compare() {
         assert!(Value::Text("12".into()).loosely_equals(&Value::Number(12.0)));
         assert!(!Value::Text("12a".into()).loosely_equals(&Value::Number(12.0)));
-        assert_eq!(Value::Number(3.0).compare(&Value::Text("10".into())), Ok(Ordering::Less));
+        assert_eq!(
+            Value::Number(3.0).compare(&Value::Text("10".into())),
+            Ok(Ordering::Less)
+        );
         assert!(Value::Bool(true).compare(&Value::Number(1.0)).is_err());
     }
 
@@ -189,7 +210,10 @@ mod tests {
         assert_eq!(Value::Number(200.0).to_string(), "200");
         assert_eq!(Value::Text("a\"b".into()).to_string(), "\"a\\\"b\"");
         assert_eq!(Value::Duration(0.5234).to_string(), "523ms");
-        assert_eq!(Value::Duration(30.0 * 86400.0 + 7200.0).to_string(), "30d 2h");
+        assert_eq!(
+            Value::Duration(30.0 * 86400.0 + 7200.0).to_string(),
+            "30d 2h"
+        );
         assert_eq!(Value::Duration(-90.0).to_string(), "-1m 30s");
     }
 }

@@ -22,13 +22,38 @@ use super::yaml::{Node, Walker, did_you_mean, kind, load};
 use super::{AgentConfig, BrowserConfig, Config, ProbeConfig, VerifyConfig};
 
 const TOP_KEYS: [&str; 6] = ["agent", "browser", "vars", "defaults", "probes", "verify"];
-const AGENT_KEYS: [&str; 5] = ["listen", "location", "api_token", "max_concurrency", "artifacts_dir"];
+const AGENT_KEYS: [&str; 5] = [
+    "listen",
+    "location",
+    "api_token",
+    "max_concurrency",
+    "artifacts_dir",
+];
 const BROWSER_KEYS: [&str; 3] = ["chromedriver", "chromium", "max_sessions"];
-const DEFAULT_KEYS: [&str; 7] =
-    ["timeout", "retries", "retry_backoff", "insecure", "follow_redirects", "max_redirects", "max_body"];
+const DEFAULT_KEYS: [&str; 7] = [
+    "timeout",
+    "retries",
+    "retry_backoff",
+    "insecure",
+    "follow_redirects",
+    "max_redirects",
+    "max_body",
+];
 const PROBE_KEYS: [&str; 14] = [
-    "name", "type", "tags", "locations", "schedule", "timeout", "retries", "retry_backoff", "insecure",
-    "follow_redirects", "max_redirects", "max_body", "steps", "description",
+    "name",
+    "type",
+    "tags",
+    "locations",
+    "schedule",
+    "timeout",
+    "retries",
+    "retry_backoff",
+    "insecure",
+    "follow_redirects",
+    "max_redirects",
+    "max_body",
+    "steps",
+    "description",
 ];
 const STEP_KEYS: [&str; 5] = ["name", "request", "capture", "assert", "timeout"];
 const REQUEST_KEYS: [&str; 7] = ["method", "url", "headers", "query", "json", "body", "form"];
@@ -106,7 +131,12 @@ fn build_root(w: &mut Walker<'_>, root: &Node<'_>) -> Config {
     let Some(entries) = w.map(root, "the config file", &TOP_KEYS, &["probes"]) else {
         return config;
     };
-    let find = |key: &str| entries.iter().find(|(k, _, _)| k == key).map(|(_, _, v)| *v);
+    let find = |key: &str| {
+        entries
+            .iter()
+            .find(|(k, _, _)| k == key)
+            .map(|(_, _, v)| *v)
+    };
     if let Some(node) = find("agent") {
         agent(w, node, &mut config.agent);
     }
@@ -129,23 +159,36 @@ fn build_root(w: &mut Walker<'_>, root: &Node<'_>) -> Config {
     }
     if let (Some(node), Some(token)) = (find("agent"), &config.agent.api_token) {
         // The token is read from the environment or a file; vars are for probes.
-        if token.placeholders().any(|(p, _)| matches!(p, Placeholder::Name(_))) {
+        if token
+            .placeholders()
+            .any(|(p, _)| matches!(p, Placeholder::Name(_)))
+        {
             let at = find_scalar(w, node, token.source()).unwrap_or(node);
-            w.error(at, "agent.api_token can only use `env.` or `file.`", "write `api_token: \"{{ env.PATROL_API_TOKEN }}\"`");
+            w.error(
+                at,
+                "agent.api_token can only use `env.` or `file.`",
+                "write `api_token: \"{{ env.PATROL_API_TOKEN }}\"`",
+            );
         }
     }
     config
 }
 
 fn agent(w: &mut Walker<'_>, node: &Node<'_>, agent: &mut AgentConfig) {
-    let Some(entries) = w.map(node, "agent", &AGENT_KEYS, &[]) else { return };
+    let Some(entries) = w.map(node, "agent", &AGENT_KEYS, &[]) else {
+        return;
+    };
     for (key, _, v) in entries {
         match key.as_str() {
             "listen" => {
                 if let Some(s) = w.string(v, "agent.listen") {
                     match s.parse::<SocketAddr>() {
                         Ok(a) => agent.listen = a,
-                        Err(_) => w.error(v, format!("`{s}` is not an address with a port"), "write e.g. 127.0.0.1:9464 or 0.0.0.0:9464"),
+                        Err(_) => w.error(
+                            v,
+                            format!("`{s}` is not an address with a port"),
+                            "write e.g. 127.0.0.1:9464 or 0.0.0.0:9464",
+                        ),
                     }
                 }
             }
@@ -154,7 +197,11 @@ fn agent(w: &mut Walker<'_>, node: &Node<'_>, agent: &mut AgentConfig) {
                     if label_safe(&s) {
                         agent.location = s;
                     } else {
-                        w.error(v, format!("location `{s}` must be letters, digits, `-` and `_`"), "write e.g. eu-west");
+                        w.error(
+                            v,
+                            format!("location `{s}` must be letters, digits, `-` and `_`"),
+                            "write e.g. eu-west",
+                        );
                     }
                 }
             }
@@ -162,7 +209,11 @@ fn agent(w: &mut Walker<'_>, node: &Node<'_>, agent: &mut AgentConfig) {
             "max_concurrency" => {
                 if let Some(n) = w.count(v, "max_concurrency") {
                     if n == 0 {
-                        w.error(v, "max_concurrency must be at least 1", "write e.g. `max_concurrency: 32`");
+                        w.error(
+                            v,
+                            "max_concurrency must be at least 1",
+                            "write e.g. `max_concurrency: 32`",
+                        );
                     } else {
                         agent.max_concurrency = n as usize;
                     }
@@ -178,11 +229,23 @@ fn agent(w: &mut Walker<'_>, node: &Node<'_>, agent: &mut AgentConfig) {
 }
 
 fn browser(w: &mut Walker<'_>, node: &Node<'_>, browser: &mut BrowserConfig) {
-    let Some(entries) = w.map(node, "browser", &BROWSER_KEYS, &[]) else { return };
+    let Some(entries) = w.map(node, "browser", &BROWSER_KEYS, &[]) else {
+        return;
+    };
     for (key, _, v) in entries {
         match key.as_str() {
-            "chromedriver" => browser.chromedriver = w.string(v, "browser.chromedriver").map(PathBuf::from).unwrap_or_default(),
-            "chromium" => browser.chromium = w.string(v, "browser.chromium").map(PathBuf::from).unwrap_or_default(),
+            "chromedriver" => {
+                browser.chromedriver = w
+                    .string(v, "browser.chromedriver")
+                    .map(PathBuf::from)
+                    .unwrap_or_default()
+            }
+            "chromium" => {
+                browser.chromium = w
+                    .string(v, "browser.chromium")
+                    .map(PathBuf::from)
+                    .unwrap_or_default()
+            }
             _ => {
                 if let Some(n) = w.count(v, "max_sessions") {
                     browser.max_sessions = (n as usize).max(1);
@@ -193,18 +256,33 @@ fn browser(w: &mut Walker<'_>, node: &Node<'_>, browser: &mut BrowserConfig) {
 }
 
 fn vars(w: &mut Walker<'_>, node: &Node<'_>) -> Vec<(String, Template)> {
-    let Some(entries) = w.map(node, "vars", &[], &[]) else { return Vec::new() };
+    let Some(entries) = w.map(node, "vars", &[], &[]) else {
+        return Vec::new();
+    };
     let mut out: Vec<(String, Template)> = Vec::new();
     for (name, key_node, v) in entries {
         if !name_safe(&name) {
-            w.error(key_node, format!("var name `{name}` must be letters, digits, `_` and `-`"), "rename it, e.g. `api_url`");
+            w.error(
+                key_node,
+                format!("var name `{name}` must be letters, digits, `_` and `-`"),
+                "rename it, e.g. `api_url`",
+            );
             continue;
         }
-        if matches!(name.as_str(), "random" | "uuid" | "timestamp" | "env" | "file") {
-            w.error(key_node, format!("`{name}` is a built-in and cannot be a var name"), "choose another name");
+        if matches!(
+            name.as_str(),
+            "random" | "uuid" | "timestamp" | "env" | "file"
+        ) {
+            w.error(
+                key_node,
+                format!("`{name}` is a built-in and cannot be a var name"),
+                "choose another name",
+            );
             continue;
         }
-        let Some(t) = template_at(w, v, &format!("var `{name}`")) else { continue };
+        let Some(t) = template_at(w, v, &format!("var `{name}`")) else {
+            continue;
+        };
         let known: Vec<String> = out.iter().map(|(n, _)| n.clone()).collect();
         check_templates(w, v, [&t], &known, &[]);
         out.push((name, t));
@@ -212,8 +290,16 @@ fn vars(w: &mut Walker<'_>, node: &Node<'_>) -> Vec<(String, Template)> {
     out
 }
 
-fn probe_settings(w: &mut Walker<'_>, node: &Node<'_>, what: &str, keys: &[&str], d: &mut Defaults) {
-    let Some(entries) = w.map(node, what, keys, &[]) else { return };
+fn probe_settings(
+    w: &mut Walker<'_>,
+    node: &Node<'_>,
+    what: &str,
+    keys: &[&str],
+    d: &mut Defaults,
+) {
+    let Some(entries) = w.map(node, what, keys, &[]) else {
+        return;
+    };
     for (key, _, v) in entries {
         apply_setting(w, &key, v, d);
     }
@@ -223,24 +309,42 @@ fn probe_settings(w: &mut Walker<'_>, node: &Node<'_>, what: &str, keys: &[&str]
 fn apply_setting(w: &mut Walker<'_>, key: &str, v: &Node<'_>, d: &mut Defaults) -> bool {
     match key {
         "timeout" => d.timeout = w.duration(v, "timeout").unwrap_or(d.timeout),
-        "retry_backoff" => d.retry_backoff = w.duration(v, "retry_backoff").unwrap_or(d.retry_backoff),
+        "retry_backoff" => {
+            d.retry_backoff = w.duration(v, "retry_backoff").unwrap_or(d.retry_backoff)
+        }
         "retries" => {
             if let Some(n) = w.count(v, "retries") {
                 if n > 10 {
-                    w.error(v, format!("retries: {n} is too many"), "use at most 10; retries hide flakiness");
+                    w.error(
+                        v,
+                        format!("retries: {n} is too many"),
+                        "use at most 10; retries hide flakiness",
+                    );
                 } else {
                     d.retries = n as u32;
                 }
             }
         }
-        "max_redirects" => d.max_redirects = w.count(v, "max_redirects").map_or(d.max_redirects, |n| n as u32),
+        "max_redirects" => {
+            d.max_redirects = w
+                .count(v, "max_redirects")
+                .map_or(d.max_redirects, |n| n as u32)
+        }
         "insecure" => d.insecure = w.boolean(v, "insecure").unwrap_or(d.insecure),
-        "follow_redirects" => d.follow_redirects = w.boolean(v, "follow_redirects").unwrap_or(d.follow_redirects),
+        "follow_redirects" => {
+            d.follow_redirects = w
+                .boolean(v, "follow_redirects")
+                .unwrap_or(d.follow_redirects)
+        }
         "max_body" => {
             if let Some(s) = w.scalar(v) {
                 match parse_size(&s) {
                     Some(n) if n > 0 => d.max_body = n,
-                    _ => w.error(v, format!("invalid size `{s}` for max_body"), "write e.g. 10MiB, 512KiB or a number of bytes"),
+                    _ => w.error(
+                        v,
+                        format!("invalid size `{s}` for max_body"),
+                        "write e.g. 10MiB, 512KiB or a number of bytes",
+                    ),
                 }
             } else {
                 w.error(v, "max_body must be a size", "write e.g. 10MiB");
@@ -252,11 +356,20 @@ fn apply_setting(w: &mut Walker<'_>, key: &str, v: &Node<'_>, d: &mut Defaults) 
 }
 
 fn verify(w: &mut Walker<'_>, node: &Node<'_>, verify: &mut VerifyConfig) {
-    let Some(entries) = w.map(node, "verify", &VERIFY_KEYS, &[]) else { return };
+    let Some(entries) = w.map(node, "verify", &VERIFY_KEYS, &[]) else {
+        return;
+    };
     for (key, _, v) in entries {
         match key.as_str() {
             "rollback_when" => {
-                let Some(rules) = w.map(v, "verify.rollback_when", &["error_rate_increase", "latency_increase"], &[]) else { continue };
+                let Some(rules) = w.map(
+                    v,
+                    "verify.rollback_when",
+                    &["error_rate_increase", "latency_increase"],
+                    &[],
+                ) else {
+                    continue;
+                };
                 for (k, _, n) in rules {
                     let Some(p) = percent(w, n, &k) else { continue };
                     if k == "error_rate_increase" {
@@ -267,7 +380,11 @@ fn verify(w: &mut Walker<'_>, node: &Node<'_>, verify: &mut VerifyConfig) {
                 }
             }
             "thresholds" => {
-                let Some(limits) = w.map(v, "verify.thresholds", &["p95", "p99", "error_rate"], &[]) else { continue };
+                let Some(limits) =
+                    w.map(v, "verify.thresholds", &["p95", "p99", "error_rate"], &[])
+                else {
+                    continue;
+                };
                 for (k, _, n) in limits {
                     match k.as_str() {
                         "p95" => verify.p95 = w.duration(n, "p95"),
@@ -276,9 +393,13 @@ fn verify(w: &mut Walker<'_>, node: &Node<'_>, verify: &mut VerifyConfig) {
                     }
                 }
             }
-            "baseline" => verify.baseline = w.duration(v, "verify.baseline").unwrap_or(verify.baseline),
+            "baseline" => {
+                verify.baseline = w.duration(v, "verify.baseline").unwrap_or(verify.baseline)
+            }
             _ => {
-                let Some(action) = w.map(v, "verify.action", &["command", "dry_run"], &[]) else { continue };
+                let Some(action) = w.map(v, "verify.action", &["command", "dry_run"], &[]) else {
+                    continue;
+                };
                 for (k, _, n) in action {
                     if k == "command" {
                         verify.action_command = w.strings(n, "verify.action.command");
@@ -293,28 +414,49 @@ fn verify(w: &mut Walker<'_>, node: &Node<'_>, verify: &mut VerifyConfig) {
 
 fn percent(w: &mut Walker<'_>, node: &Node<'_>, what: &str) -> Option<f64> {
     let text = w.scalar(node)?;
-    let parsed = text.trim().strip_suffix('%').unwrap_or(text.trim()).trim().parse::<f64>();
+    let parsed = text
+        .trim()
+        .strip_suffix('%')
+        .unwrap_or(text.trim())
+        .trim()
+        .parse::<f64>();
     match parsed {
         Ok(p) if p >= 0.0 => Some(p),
         _ => {
-            w.error(node, format!("invalid percentage `{text}` for {what}"), "write e.g. 10% or 0.1%");
+            w.error(
+                node,
+                format!("invalid percentage `{text}` for {what}"),
+                "write e.g. 10% or 0.1%",
+            );
             None
         }
     }
 }
 
-fn probes(w: &mut Walker<'_>, node: &Node<'_>, defaults: &Defaults, vars: &[String]) -> Vec<ProbeConfig> {
-    let Some(items) = w.list(node, "probes") else { return Vec::new() };
+fn probes(
+    w: &mut Walker<'_>,
+    node: &Node<'_>,
+    defaults: &Defaults,
+    vars: &[String],
+) -> Vec<ProbeConfig> {
+    let Some(items) = w.list(node, "probes") else {
+        return Vec::new();
+    };
     let mut seen: HashMap<String, usize> = HashMap::new();
     let mut out = Vec::new();
     for item in items {
-        let Some(probe) = probe(w, item, defaults, vars) else { continue };
+        let Some(probe) = probe(w, item, defaults, vars) else {
+            continue;
+        };
         if let Some(first_line) = seen.get(&probe.spec.name) {
             let name_node = field(item, "name").unwrap_or(item);
             w.error(
                 name_node,
                 format!("duplicate probe name `{}`", probe.spec.name),
-                format!("probe names must be unique; the first `{}` is on line {first_line}", probe.spec.name),
+                format!(
+                    "probe names must be unique; the first `{}` is on line {first_line}",
+                    probe.spec.name
+                ),
             );
             continue;
         }
@@ -325,13 +467,20 @@ fn probes(w: &mut Walker<'_>, node: &Node<'_>, defaults: &Defaults, vars: &[Stri
 }
 
 fn field<'n, 's>(node: &'n Node<'s>, key: &str) -> Option<&'n Node<'s>> {
-    let YamlData::Mapping(map) = &node.data else { return None };
+    let YamlData::Mapping(map) = &node.data else {
+        return None;
+    };
     map.iter()
         .find(|(k, _)| matches!(&k.data, YamlData::Value(Scalar::String(s)) if s == key))
         .map(|(_, v)| v)
 }
 
-fn probe(w: &mut Walker<'_>, node: &Node<'_>, defaults: &Defaults, vars: &[String]) -> Option<ProbeConfig> {
+fn probe(
+    w: &mut Walker<'_>,
+    node: &Node<'_>,
+    defaults: &Defaults,
+    vars: &[String],
+) -> Option<ProbeConfig> {
     let entries = w.map(node, "a probe", &PROBE_KEYS, &["name", "steps"])?;
     let mut settings = defaults.clone();
     let mut name = None;
@@ -344,9 +493,27 @@ fn probe(w: &mut Walker<'_>, node: &Node<'_>, defaults: &Defaults, vars: &[Strin
         match key.as_str() {
             "name" => {
                 if let Some(n) = w.string(v, "probe name") {
-                    if n.is_empty() || !n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-') {
-                        let fixed: String = n.to_ascii_lowercase().chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
-                        w.error(v, format!("probe name `{n}` must match [a-z0-9_-]+"), format!("rename it, e.g. `{fixed}`"));
+                    if n.is_empty()
+                        || !n.chars().all(|c| {
+                            c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-'
+                        })
+                    {
+                        let fixed: String = n
+                            .to_ascii_lowercase()
+                            .chars()
+                            .map(|c| {
+                                if c.is_ascii_alphanumeric() || c == '-' {
+                                    c
+                                } else {
+                                    '_'
+                                }
+                            })
+                            .collect();
+                        w.error(
+                            v,
+                            format!("probe name `{n}` must match [a-z0-9_-]+"),
+                            format!("rename it, e.g. `{fixed}`"),
+                        );
                         ok = false;
                     }
                     name = Some(n);
@@ -357,11 +524,18 @@ fn probe(w: &mut Walker<'_>, node: &Node<'_>, defaults: &Defaults, vars: &[Strin
                     match t.as_str() {
                         "http" => {}
                         "browser" => {
-                            w.error(v, "browser probes are not supported by this build yet", "use `type: http` for now");
+                            w.error(
+                                v,
+                                "browser probes are not supported by this build yet",
+                                "use `type: http` for now",
+                            );
                             ok = false;
                         }
                         other => {
-                            let help = did_you_mean(other, ["http", "browser"]).map_or_else(|| "use `type: http`".to_string(), |s| format!("did you mean `{s}`?"));
+                            let help = did_you_mean(other, ["http", "browser"]).map_or_else(
+                                || "use `type: http`".to_string(),
+                                |s| format!("did you mean `{s}`?"),
+                            );
                             w.error(v, format!("unknown probe type `{other}`"), help);
                             ok = false;
                         }
@@ -398,7 +572,12 @@ fn probe(w: &mut Walker<'_>, node: &Node<'_>, defaults: &Defaults, vars: &[Strin
             max_body_bytes: settings.max_body,
         }),
     };
-    Some(ProbeConfig { spec: Arc::new(spec), tags, locations, schedule })
+    Some(ProbeConfig {
+        spec: Arc::new(spec),
+        tags,
+        locations,
+        schedule,
+    })
 }
 
 fn parse_schedule(w: &mut Walker<'_>, node: &Node<'_>) -> Option<Schedule> {
@@ -407,13 +586,20 @@ fn parse_schedule(w: &mut Walker<'_>, node: &Node<'_>) -> Option<Schedule> {
     let every = entries.iter().find(|(k, _, _)| k == "every");
     match (cron, every) {
         (Some(_), Some(_)) | (None, None) => {
-            w.error(node, "a schedule needs exactly one of `cron` or `every`", "write `{ every: 30s }` or `{ cron: \"0 */5 * * * *\" }`");
+            w.error(
+                node,
+                "a schedule needs exactly one of `cron` or `every`",
+                "write `{ every: 30s }` or `{ cron: \"0 */5 * * * *\" }`",
+            );
             None
         }
         (Some((_, _, v)), None) => {
             let expr = w.string(v, "cron")?;
             match parse_cron(&expr) {
-                Ok(s) => Some(Schedule::Cron { expr, schedule: Box::new(s) }),
+                Ok(s) => Some(Schedule::Cron {
+                    expr,
+                    schedule: Box::new(s),
+                }),
                 Err(e) => {
                     w.error_in(v, e.offset, e.width, e.message, Some(e.help));
                     None
@@ -426,19 +612,32 @@ fn parse_schedule(w: &mut Walker<'_>, node: &Node<'_>) -> Option<Schedule> {
 
 /// Names captured by each step, by step index.
 fn steps(w: &mut Walker<'_>, node: &Node<'_>, vars: &[String]) -> Vec<HttpStep> {
-    let Some(items) = w.list(node, "steps") else { return Vec::new() };
+    let Some(items) = w.list(node, "steps") else {
+        return Vec::new();
+    };
     if items.is_empty() {
-        w.error(node, "a probe needs at least one step", "add a step with a `request:`");
+        w.error(
+            node,
+            "a probe needs at least one step",
+            "add a step with a `request:`",
+        );
     }
     // Capture names per step, gathered first so a use before the capturing step can be named.
     let captured: Vec<Vec<(String, String)>> = items
         .iter()
         .enumerate()
         .map(|(i, item)| {
-            let step_name = field(item, "name").and_then(|n| w.scalar(n)).unwrap_or_else(|| format!("step {}", i + 1));
+            let step_name = field(item, "name")
+                .and_then(|n| w.scalar(n))
+                .unwrap_or_else(|| format!("step {}", i + 1));
             field(item, "capture")
                 .and_then(|c| match &c.data {
-                    YamlData::Mapping(m) => Some(m.keys().filter_map(|k| w.scalar(k)).map(|k| (k, step_name.clone())).collect()),
+                    YamlData::Mapping(m) => Some(
+                        m.keys()
+                            .filter_map(|k| w.scalar(k))
+                            .map(|k| (k, step_name.clone()))
+                            .collect(),
+                    ),
                     _ => None,
                 })
                 .unwrap_or_default()
@@ -447,12 +646,23 @@ fn steps(w: &mut Walker<'_>, node: &Node<'_>, vars: &[String]) -> Vec<HttpStep> 
     let mut out = Vec::new();
     let mut names: HashMap<String, usize> = HashMap::new();
     for (i, item) in items.iter().enumerate() {
-        let visible: Vec<String> = vars.iter().cloned().chain(captured[..i].iter().flatten().map(|(n, _)| n.clone())).collect();
+        let visible: Vec<String> = vars
+            .iter()
+            .cloned()
+            .chain(captured[..i].iter().flatten().map(|(n, _)| n.clone()))
+            .collect();
         let later: Vec<(String, String)> = captured[i..].iter().flatten().cloned().collect();
         if let Some(step) = step(w, item, i, &visible, &later) {
             if let Some(first) = names.insert(step.name.clone(), i) {
                 let n = field(item, "name").unwrap_or(item);
-                w.error(n, format!("duplicate step name `{}`", step.name), format!("step names must be unique within a probe (step {} has it too)", first + 1));
+                w.error(
+                    n,
+                    format!("duplicate step name `{}`", step.name),
+                    format!(
+                        "step names must be unique within a probe (step {} has it too)",
+                        first + 1
+                    ),
+                );
             }
             out.push(step);
         }
@@ -460,7 +670,13 @@ fn steps(w: &mut Walker<'_>, node: &Node<'_>, vars: &[String]) -> Vec<HttpStep> 
     out
 }
 
-fn step(w: &mut Walker<'_>, node: &Node<'_>, index: usize, visible: &[String], later: &[(String, String)]) -> Option<HttpStep> {
+fn step(
+    w: &mut Walker<'_>,
+    node: &Node<'_>,
+    index: usize,
+    visible: &[String],
+    later: &[(String, String)],
+) -> Option<HttpStep> {
     let entries = w.map(node, "a step", &STEP_KEYS, &["request"])?;
     let mut name = None;
     let mut request = None;
@@ -474,7 +690,11 @@ fn step(w: &mut Walker<'_>, node: &Node<'_>, index: usize, visible: &[String], l
             "name" => {
                 if let Some(n) = w.string(v, "step name") {
                     if !name_safe(&n) {
-                        w.error(v, format!("step name `{n}` must be letters, digits, `_` and `-`"), "it becomes the `step` metric label; write e.g. add_to_cart");
+                        w.error(
+                            v,
+                            format!("step name `{n}` must be letters, digits, `_` and `-`"),
+                            "it becomes the `step` metric label; write e.g. add_to_cart",
+                        );
                     }
                     name = Some(n);
                 }
@@ -484,13 +704,21 @@ fn step(w: &mut Walker<'_>, node: &Node<'_>, index: usize, visible: &[String], l
                 request = parse_request(w, v);
             }
             "capture" => {
-                let Some(pairs) = w.map(v, "capture", &[], &[]) else { continue };
+                let Some(pairs) = w.map(v, "capture", &[], &[]) else {
+                    continue;
+                };
                 for (cname, knode, qnode) in pairs {
                     if !name_safe(&cname) {
-                        w.error(knode, format!("capture name `{cname}` must be letters, digits, `_` and `-`"), "rename it, e.g. `token`");
+                        w.error(
+                            knode,
+                            format!("capture name `{cname}` must be letters, digits, `_` and `-`"),
+                            "rename it, e.g. `token`",
+                        );
                         continue;
                     }
-                    let Some(src) = w.string(qnode, "capture query") else { continue };
+                    let Some(src) = w.string(qnode, "capture query") else {
+                        continue;
+                    };
                     match Capture::parse(&cname, &src) {
                         Ok(c) => captures.push(c),
                         Err(e) => w.error_in(qnode, e.offset, 1, e.message, e.help),
@@ -503,7 +731,9 @@ fn step(w: &mut Walker<'_>, node: &Node<'_>, index: usize, visible: &[String], l
                     _ => vec![*v],
                 };
                 for item in items {
-                    let Some(src) = w.string(item, "an assertion") else { continue };
+                    let Some(src) = w.string(item, "an assertion") else {
+                        continue;
+                    };
                     match Assertion::parse(&src) {
                         Ok(a) => {
                             assert_nodes.push((item, a.clone()));
@@ -527,20 +757,47 @@ fn step(w: &mut Walker<'_>, node: &Node<'_>, index: usize, visible: &[String], l
         }
     }
     let name = name.unwrap_or_else(|| derive_step_name(&request, index));
-    Some(HttpStep { name, request, captures, asserts, timeout })
+    Some(HttpStep {
+        name,
+        request,
+        captures,
+        asserts,
+        timeout,
+    })
 }
 
 fn derive_step_name(request: &RequestSpec, index: usize) -> String {
-    let path = request.url.source().split("://").nth(1).and_then(|rest| rest.split_once('/')).map(|(_, p)| p).unwrap_or("");
+    // The path after the scheme and host, or after a leading `{{ base }}` template.
+    let source = request.url.source();
+    let path = match source.split_once("://") {
+        Some((_, rest)) => rest.split_once('/').map_or("", |(_, p)| p),
+        None => source
+            .strip_prefix("{{")
+            .and_then(|r| r.split_once("}}"))
+            .map_or(source, |(_, p)| p),
+    };
     let slug: String = path
         .split(['?', '#'])
         .next()
         .unwrap_or("")
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
         .collect();
-    let slug = slug.trim_matches('_').replace("__", "_");
-    if slug.is_empty() || slug.contains('{') { format!("step_{}", index + 1) } else { format!("{}_{slug}", request.method.to_ascii_lowercase()) }
+    let mut slug = slug.trim_matches('_').to_string();
+    while slug.contains("__") {
+        slug = slug.replace("__", "_");
+    }
+    if slug.is_empty() || path.contains("{{") {
+        format!("step_{}", index + 1)
+    } else {
+        format!("{}_{slug}", request.method.to_ascii_lowercase())
+    }
 }
 
 fn parse_request(w: &mut Walker<'_>, node: &Node<'_>) -> Option<RequestSpec> {
@@ -558,7 +815,11 @@ fn parse_request(w: &mut Walker<'_>, node: &Node<'_>) -> Option<RequestSpec> {
                     if METHODS.contains(&upper.as_str()) {
                         method = upper;
                     } else {
-                        w.error(v, format!("unknown HTTP method `{m}`"), format!("use one of {}", METHODS.join(", ")));
+                        w.error(
+                            v,
+                            format!("unknown HTTP method `{m}`"),
+                            format!("use one of {}", METHODS.join(", ")),
+                        );
                     }
                 }
             }
@@ -590,17 +851,38 @@ fn parse_request(w: &mut Walker<'_>, node: &Node<'_>) -> Option<RequestSpec> {
         }
     }
     if bodies.len() > 1 {
-        w.error(bodies[1].0, "a request has one body: choose one of json, body or form", "remove all but one of them");
+        w.error(
+            bodies[1].0,
+            "a request has one body: choose one of json, body or form",
+            "remove all but one of them",
+        );
     }
-    Some(RequestSpec { method, url: url?, headers, query, body: bodies.into_iter().next().map(|(_, b)| b) })
+    Some(RequestSpec {
+        method,
+        url: url?,
+        headers,
+        query,
+        body: bodies.into_iter().next().map(|(_, b)| b),
+    })
 }
 
 fn pairs(w: &mut Walker<'_>, node: &Node<'_>, what: &str, header: bool) -> Vec<(String, Template)> {
-    let Some(entries) = w.map(node, what, &[], &[]) else { return Vec::new() };
+    let Some(entries) = w.map(node, what, &[], &[]) else {
+        return Vec::new();
+    };
     let mut out = Vec::new();
     for (k, knode, v) in entries {
-        if header && (k.is_empty() || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))) {
-            w.error(knode, format!("`{k}` is not a valid header name"), "header names are letters, digits and `-`, e.g. X-Request-Id");
+        if header
+            && (k.is_empty()
+                || !k
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)))
+        {
+            w.error(
+                knode,
+                format!("`{k}` is not a valid header name"),
+                "header names are letters, digits and `-`, e.g. X-Request-Id",
+            );
             continue;
         }
         if let Some(t) = template_at(w, v, what) {
@@ -615,18 +897,24 @@ fn json_template(w: &mut Walker<'_>, node: &Node<'_>) -> Option<JsonTemplate> {
         YamlData::Value(Scalar::Null) => JsonTemplate::Null,
         YamlData::Value(Scalar::Boolean(b)) => JsonTemplate::Bool(*b),
         YamlData::Value(Scalar::Integer(n)) => JsonTemplate::Number((*n).into()),
-        YamlData::Value(Scalar::FloatingPoint(f)) => {
-            JsonTemplate::Number(serde_json::Number::from_f64(f.into_inner()).unwrap_or_else(|| 0.into()))
-        }
+        YamlData::Value(Scalar::FloatingPoint(f)) => JsonTemplate::Number(
+            serde_json::Number::from_f64(f.into_inner()).unwrap_or_else(|| 0.into()),
+        ),
         YamlData::Value(Scalar::String(_)) | YamlData::Representation(..) => {
             JsonTemplate::String(template_at(w, node, "a JSON string")?)
         }
-        YamlData::Sequence(items) => JsonTemplate::Array(items.iter().filter_map(|i| json_template(w, i)).collect()),
+        YamlData::Sequence(items) => {
+            JsonTemplate::Array(items.iter().filter_map(|i| json_template(w, i)).collect())
+        }
         YamlData::Mapping(map) => {
             let mut fields = Vec::new();
             for (k, v) in map {
                 let Some(key) = w.scalar(k) else {
-                    w.error(k, "JSON keys must be strings", "use a plain word as the key");
+                    w.error(
+                        k,
+                        "JSON keys must be strings",
+                        "use a plain word as the key",
+                    );
                     continue;
                 };
                 if let Some(value) = json_template(w, v) {
@@ -636,7 +924,11 @@ fn json_template(w: &mut Walker<'_>, node: &Node<'_>) -> Option<JsonTemplate> {
             JsonTemplate::Object(fields)
         }
         _ => {
-            w.error(node, format!("{} cannot be sent as JSON", kind(node)), "use plain YAML values");
+            w.error(
+                node,
+                format!("{} cannot be sent as JSON", kind(node)),
+                "use plain YAML values",
+            );
             return None;
         }
     })
@@ -680,21 +972,40 @@ fn check_template_at(
     for (p, offset) in t.placeholders() {
         match p {
             Placeholder::Name(name) if !visible.iter().any(|v| v == name) => {
-                let (message, help) = if let Some((_, step)) = later.iter().find(|(n, _)| n == name) {
+                let (message, help) = if let Some((_, step)) = later.iter().find(|(n, _)| n == name)
+                {
                     (
                         format!("`{name}` is used before the step that captures it"),
-                        format!("`{name}` is captured by step `{step}`, which runs at or after this point; move the capture earlier"),
+                        format!(
+                            "`{name}` is captured by step `{step}`, which runs at or after this point; move the capture earlier"
+                        ),
                     )
                 } else {
                     let help = did_you_mean(name, visible.iter().map(String::as_str))
                         .map(|s| format!("did you mean `{s}`?"))
-                        .unwrap_or_else(|| format!("define `{name}` under `vars:` or capture it in an earlier step"));
+                        .unwrap_or_else(|| {
+                            format!(
+                                "define `{name}` under `vars:` or capture it in an earlier step"
+                            )
+                        });
                     (format!("undefined variable `{name}`"), help)
                 };
-                w.error_in(node, base + offset, name.chars().count(), message, Some(help));
+                w.error_in(
+                    node,
+                    base + offset,
+                    name.chars().count(),
+                    message,
+                    Some(help),
+                );
             }
             Placeholder::Env(name) if std::env::var_os(name).is_none() => {
-                w.warn_in(node, base + offset, name.len() + 4, format!("environment variable {name} is not set here"), format!("probes using it will error until {name} is set"));
+                w.warn_in(
+                    node,
+                    base + offset,
+                    name.len() + 4,
+                    format!("environment variable {name} is not set here"),
+                    format!("probes using it will error until {name} is set"),
+                );
             }
             _ => {}
         }
@@ -731,7 +1042,11 @@ pub fn probe_templates(spec: &ProbeSpec) -> Vec<&Template> {
             .iter()
             .flat_map(|s| {
                 let mut ts = request_templates(&s.request);
-                ts.extend(s.asserts.iter().flat_map(|a| a.templates().into_iter().map(|(t, _)| t)));
+                ts.extend(
+                    s.asserts
+                        .iter()
+                        .flat_map(|a| a.templates().into_iter().map(|(t, _)| t)),
+                );
                 ts
             })
             .collect(),
@@ -740,7 +1055,9 @@ pub fn probe_templates(spec: &ProbeSpec) -> Vec<&Template> {
 
 fn parse_size(s: &str) -> Option<usize> {
     let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let n: f64 = num.parse().ok()?;
     let mult = match unit.trim().to_ascii_lowercase().as_str() {
@@ -757,7 +1074,9 @@ fn parse_size(s: &str) -> Option<usize> {
 }
 
 fn name_safe(s: &str) -> bool {
-    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 fn label_safe(s: &str) -> bool {

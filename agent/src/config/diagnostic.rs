@@ -43,12 +43,17 @@ pub struct Report {
 impl Report {
     /// Number of errors (not warnings).
     pub fn error_count(&self) -> usize {
-        self.diagnostics.iter().filter(|d| d.severity == Severity::Error).count()
+        self.diagnostics
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+            .count()
     }
 
     /// The warnings only.
     pub fn warnings(&self) -> impl Iterator<Item = &Diagnostic> {
-        self.diagnostics.iter().filter(|d| d.severity == Severity::Warning)
+        self.diagnostics
+            .iter()
+            .filter(|d| d.severity == Severity::Warning)
     }
 
     /// Renders one diagnostic with its source line.
@@ -58,7 +63,10 @@ impl Report {
             Severity::Error => "error",
             Severity::Warning => "warning",
         };
-        out.push_str(&format!("{}:{}:{}: {label}: {}\n", self.file, d.line, d.col, d.message));
+        out.push_str(&format!(
+            "{}:{}:{}: {label}: {}\n",
+            self.file, d.line, d.col, d.message
+        ));
         if let Some(text) = self.source.lines().nth(d.line.saturating_sub(1)) {
             let gutter = d.line.to_string().len();
             let shown = text.replace('\t', " ");
@@ -89,7 +97,13 @@ impl fmt::Display for Report {
             (0, 0) => Ok(()),
             (0, w) => write!(f, "{}: {w} warning{}", self.file, plural(w)),
             (e, 0) => write!(f, "{}: {e} error{}", self.file, plural(e)),
-            (e, w) => write!(f, "{}: {e} error{}, {w} warning{}", self.file, plural(e), plural(w)),
+            (e, w) => write!(
+                f,
+                "{}: {e} error{}, {w} warning{}",
+                self.file,
+                plural(e),
+                plural(w)
+            ),
         }
     }
 }

@@ -177,9 +177,156 @@ pub fn load(path: &Path) -> Result<(Config, Report), Report> {
 pub fn load_str(file: &str, source: &str) -> Result<(Config, Report), Report> {
     let (config, mut diagnostics) = build::build(source);
     diagnostics.sort_by_key(|d| (d.line, d.col));
-    let report = Report { file: file.to_string(), source: source.to_string(), diagnostics };
+    let report = Report {
+        file: file.to_string(),
+        source: source.to_string(),
+        diagnostics,
+    };
     match config {
         Some(c) if report.error_count() == 0 => Ok((c, report)),
         _ => Err(report),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use patrol_probes::spec::{BodySpec, ProbeKind};
+
+    fn errors(src: &str) -> Vec<(usize, usize, String, String)> {
+        let report = load_str("t.yaml", src).expect_err("config has errors");
+        report
+            .diagnostics
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+            .map(|d| {
+                (
+                    d.line,
+                    d.col,
+                    d.message.clone(),
+                    d.help.clone().unwrap_or_default(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_valid_config_builds_specs_with_defaults_and_overrides() {
+        let src = r#"
+vars:
+  api: http://127.0.0.1:1
+defaults: { timeout: 3s, retries: 1 }
+probes:
+  - name: login
+    tags: [smoke]
+    schedule: { every: 30s }
+    retries: 2
+    steps:
+      - request:
+          method: post
+          url: "{{ api }}/api/auth/login"
+          json: { email: a@b.c, n: 1, ok: true }
+        capture: { token: jsonpath "$.token" }
+        assert: [ status == 200 ]
+      - name: cart
+        request:
+          url: "{{ api }}/api/cart"
+          headers: { Authorization: "Bearer {{ token }}" }
+"#;
+        let (config, report) = load_str("t.yaml", src).unwrap_or_else(|r| panic!("{r}"));
+        assert_eq!(report.diagnostics.len(), 0);
+        let probe = &config.probes[0];
+        assert_eq!(probe.tags, vec!["smoke"]);
+        assert!(matches!(probe.schedule, Some(Schedule::Every(d)) if d == Duration::from_secs(30)));
+        assert_eq!(probe.spec.timeout, Duration::from_secs(3));
+        assert_eq!(probe.spec.retries, 2);
+        let ProbeKind::Http(http) = &probe.spec.kind;
+        assert_eq!(http.steps[0].name, "post_api_auth_login");
+        assert_eq!(http.steps[0].request.method, "POST");
+        assert!(matches!(
+            http.steps[0].request.body,
+            Some(BodySpec::Json(_))
+        ));
+        assert_eq!(http.steps[1].name, "cart");
+        assert_eq!(http.max_body_bytes, 10 * 1024 * 1024);
+    }
+
+    #[test]
+    fn every_problem_is_reported_in_one_pass() {
+        let src = r#"probes:
+  - name: a
+    schedule: { cron: "0 */5 25 * * *" }
+    timeout: 10
+    steps:
+      - request: { url: "http://x/{{ tokn }}" }
+        asert: [ status == 200 ]
+      - request: { url: "http://x/" }
+        assert:
+          - status === 200
+  - name: a
+    steps:
+      - request: { url: "http://x/{{ later }}" }
+      - request: { url: "http://x/" }
+        capture: { later: header "X" }
+"#;
+        let errs = errors(src);
+        let want = [
+            (3, 30, "invalid hours field `25` in cron expression"),
+            (4, 14, "invalid duration `10` for timeout"),
+            (6, 38, "undefined variable `tokn`"),
+            (7, 9, "unknown key `asert` in a step"),
+            (10, 20, "unknown operator `===`"),
+            (11, 11, "duplicate probe name `a`"),
+            (13, 38, "`later` is used before the step that captures it"),
+        ];
+        for (line, col, msg) in want {
+            assert!(
+                errs.iter()
+                    .any(|(l, c, m, _)| *l == line && *c == col && m.starts_with(msg)),
+                "missing {line}:{col} {msg} in {errs:#?}"
+            );
+        }
+        assert_eq!(errs.len(), want.len(), "{errs:#?}");
+        let help = |m: &str| {
+            errs.iter()
+                .find(|e| e.2.starts_with(m))
+                .map(|e| e.3.clone())
+                .unwrap_or_default()
+        };
+        assert_eq!(help("unknown key `asert`"), "did you mean `assert`?");
+        assert_eq!(help("invalid duration `10`"), "add a unit: `10s` or `10ms`");
+        assert!(help("duplicate probe name").contains("line 2"));
+    }
+
+    #[test]
+    fn yaml_syntax_errors_have_a_position() {
+        let errs = errors("probes:\n  - name: a\n   steps: [\n");
+        assert_eq!(errs.len(), 1);
+        assert!(errs[0].2.starts_with("invalid YAML"), "{errs:?}");
+        assert!(errs[0].0 >= 2);
+    }
+
+    #[test]
+    fn templates_in_assertions_and_vars_are_checked() {
+        let src = r#"vars:
+  a: "{{ b }}"
+  b: x
+probes:
+  - name: p
+    steps:
+      - request: { url: "http://x/" }
+        assert: [ 'body contains "{{ nope }}"' ]
+"#;
+        let errs = errors(src);
+        assert!(
+            errs.iter()
+                .any(|e| e.0 == 2 && e.1 == 10 && e.2 == "undefined variable `b`"),
+            "{errs:#?}"
+        );
+        assert!(
+            errs.iter()
+                .any(|e| e.0 == 8 && e.1 == 38 && e.2 == "undefined variable `nope`"),
+            "{errs:#?}"
+        );
     }
 }

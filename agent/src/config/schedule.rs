@@ -41,7 +41,15 @@ pub struct CronError {
     pub help: String,
 }
 
-const FIELD_NAMES: [&str; 7] = ["seconds", "minutes", "hours", "day of month", "month", "day of week", "year"];
+const FIELD_NAMES: [&str; 7] = [
+    "seconds",
+    "minutes",
+    "hours",
+    "day of month",
+    "month",
+    "day of week",
+    "year",
+];
 
 /// Parses a cron expression, naming the field that is wrong.
 pub fn parse_cron(expr: &str) -> Result<cron::Schedule, CronError> {
@@ -51,14 +59,20 @@ pub fn parse_cron(expr: &str) -> Result<cron::Schedule, CronError> {
         .collect();
     if !(6..=7).contains(&fields.len()) {
         let help = if fields.len() == 5 {
-            format!("Patrol's cron has a seconds field first: `0 {}`", fields.iter().map(|f| f.1).collect::<Vec<_>>().join(" "))
+            format!(
+                "Patrol's cron has a seconds field first: `0 {}`",
+                fields.iter().map(|f| f.1).collect::<Vec<_>>().join(" ")
+            )
         } else {
             "write six fields: seconds minutes hours day-of-month month day-of-week, e.g. `0 */5 * * * *`".into()
         };
         return Err(CronError {
             offset: 0,
             width: expr.len().max(1),
-            message: format!("cron expression needs 6 fields (7 with a year), found {}", fields.len()),
+            message: format!(
+                "cron expression needs 6 fields (7 with a year), found {}",
+                fields.len()
+            ),
             help,
         });
     }
@@ -67,8 +81,11 @@ pub fn parse_cron(expr: &str) -> Result<cron::Schedule, CronError> {
         Err(whole) => {
             // Find the field that breaks it: the expression parses once that field is `*`.
             for (i, (offset, field)) in fields.iter().enumerate() {
-                let probe: Vec<&str> =
-                    fields.iter().enumerate().map(|(j, f)| if i == j { "*" } else { f.1 }).collect();
+                let probe: Vec<&str> = fields
+                    .iter()
+                    .enumerate()
+                    .map(|(j, f)| if i == j { "*" } else { f.1 })
+                    .collect();
                 if cron::Schedule::from_str(&probe.join(" ")).is_ok() {
                     let help = match i {
                         5 => "day of week is 1-7 (1 = Sunday) or SUN-SAT, e.g. MON-FRI".to_string(),
@@ -80,7 +97,10 @@ pub fn parse_cron(expr: &str) -> Result<cron::Schedule, CronError> {
                     return Err(CronError {
                         offset: *offset,
                         width: field.len(),
-                        message: format!("invalid {} field `{field}` in cron expression", FIELD_NAMES[i]),
+                        message: format!(
+                            "invalid {} field `{field}` in cron expression",
+                            FIELD_NAMES[i]
+                        ),
                         help,
                     });
                 }
@@ -89,7 +109,8 @@ pub fn parse_cron(expr: &str) -> Result<cron::Schedule, CronError> {
                 offset: 0,
                 width: expr.len().max(1),
                 message: format!("invalid cron expression: {whole}"),
-                help: "write six fields: seconds minutes hours day-of-month month day-of-week".into(),
+                help: "write six fields: seconds minutes hours day-of-month month day-of-week"
+                    .into(),
             })
         }
     }

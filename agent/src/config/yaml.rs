@@ -22,7 +22,11 @@ pub struct Walker<'s> {
 /// Loads the first document of `source`; a YAML syntax error becomes a diagnostic.
 pub fn load(source: &str) -> Result<Option<Node<'_>>, Diagnostic> {
     match MarkedYaml::load_from_str(source) {
-        Ok(mut docs) => Ok(if docs.is_empty() { None } else { Some(docs.swap_remove(0)) }),
+        Ok(mut docs) => Ok(if docs.is_empty() {
+            None
+        } else {
+            Some(docs.swap_remove(0))
+        }),
         Err(e) => {
             let m = e.marker();
             Err(Diagnostic {
@@ -40,19 +44,37 @@ pub fn load(source: &str) -> Result<Option<Node<'_>>, Diagnostic> {
 impl<'s> Walker<'s> {
     /// A walker over `source`.
     pub fn new(source: &'s str) -> Self {
-        Walker { source: std::marker::PhantomData, chars: source.chars().collect(), diagnostics: Vec::new() }
+        Walker {
+            source: std::marker::PhantomData,
+            chars: source.chars().collect(),
+            diagnostics: Vec::new(),
+        }
     }
 
     /// Records an error at a node, underlining it.
     pub fn error(&mut self, node: &Node<'_>, message: impl Into<String>, help: impl Into<String>) {
         let width = self.width(node);
-        self.push(Severity::Error, node, 0, width, message.into(), Some(help.into()));
+        self.push(
+            Severity::Error,
+            node,
+            0,
+            width,
+            message.into(),
+            Some(help.into()),
+        );
     }
 
     /// Records a warning at a node.
     pub fn warn(&mut self, node: &Node<'_>, message: impl Into<String>, help: impl Into<String>) {
         let width = self.width(node);
-        self.push(Severity::Warning, node, 0, width, message.into(), Some(help.into()));
+        self.push(
+            Severity::Warning,
+            node,
+            0,
+            width,
+            message.into(),
+            Some(help.into()),
+        );
     }
 
     /// Records an error at a byte offset inside a string scalar, pointing at the exact column
@@ -69,8 +91,22 @@ impl<'s> Walker<'s> {
     }
 
     /// Records a warning at a byte offset inside a string scalar.
-    pub fn warn_in(&mut self, node: &Node<'_>, offset: usize, width: usize, message: impl Into<String>, help: impl Into<String>) {
-        self.push_in(Severity::Warning, node, offset, width, message.into(), Some(help.into()));
+    pub fn warn_in(
+        &mut self,
+        node: &Node<'_>,
+        offset: usize,
+        width: usize,
+        message: impl Into<String>,
+        help: impl Into<String>,
+    ) {
+        self.push_in(
+            Severity::Warning,
+            node,
+            offset,
+            width,
+            message.into(),
+            Some(help.into()),
+        );
     }
 
     fn push_in(
@@ -83,9 +119,13 @@ impl<'s> Walker<'s> {
         help: Option<String>,
     ) {
         let text = self.scalar(node).unwrap_or_default();
-        let raw = self.raw(node);
+        let raw = self.raw(node).trim_end().to_string();
         let quoted = raw.starts_with('"') || raw.starts_with('\'');
-        let inner = if quoted && raw.len() >= 2 { &raw[1..raw.len() - 1] } else { raw.as_str() };
+        let inner = if quoted && raw.len() >= 2 {
+            &raw[1..raw.len() - 1]
+        } else {
+            raw.as_str()
+        };
         let col_offset = if inner == text && !text.contains('\n') {
             let prefix = text.get(..offset.min(text.len())).unwrap_or(&text);
             usize::from(quoted) + prefix.chars().count()
@@ -121,7 +161,10 @@ impl<'s> Walker<'s> {
         if b <= a || b > self.chars.len() {
             return String::new();
         }
-        self.chars[a..b].iter().take_while(|c| **c != '\n').collect()
+        self.chars[a..b]
+            .iter()
+            .take_while(|c| **c != '\n')
+            .collect()
     }
 
     fn width(&self, node: &Node<'_>) -> usize {
@@ -130,7 +173,6 @@ impl<'s> Walker<'s> {
             _ => self.raw(node).trim_end().chars().count().max(1),
         }
     }
-
 
     /// A scalar's text (numbers and booleans as written), or `None` for collections and null.
     pub fn scalar(&self, node: &Node<'_>) -> Option<String> {
@@ -149,7 +191,11 @@ impl<'s> Walker<'s> {
     pub fn string(&mut self, node: &Node<'_>, what: &str) -> Option<String> {
         let v = self.scalar(node);
         if v.is_none() {
-            self.error(node, format!("{what} must be a string, found {}", kind(node)), format!("write {what} as text"));
+            self.error(
+                node,
+                format!("{what} must be a string, found {}", kind(node)),
+                format!("write {what} as text"),
+            );
         }
         v
     }
@@ -159,7 +205,11 @@ impl<'s> Walker<'s> {
         match &node.data {
             YamlData::Value(Scalar::Boolean(b)) => Some(*b),
             _ => {
-                self.error(node, format!("{what} must be true or false, found {}", kind(node)), "write true or false");
+                self.error(
+                    node,
+                    format!("{what} must be true or false, found {}", kind(node)),
+                    "write true or false",
+                );
                 None
             }
         }
@@ -170,7 +220,11 @@ impl<'s> Walker<'s> {
         match &node.data {
             YamlData::Value(Scalar::Integer(n)) if *n >= 0 => Some(*n as u64),
             _ => {
-                self.error(node, format!("{what} must be a whole number ≥ 0, found {}", kind(node)), format!("write e.g. `{what}: 2`"));
+                self.error(
+                    node,
+                    format!("{what} must be a whole number ≥ 0, found {}", kind(node)),
+                    format!("write e.g. `{what}: 2`"),
+                );
                 None
             }
         }
@@ -182,7 +236,11 @@ impl<'s> Walker<'s> {
         match text.as_deref().map(humantime::parse_duration) {
             Some(Ok(d)) if !d.is_zero() => Some(d),
             Some(Ok(_)) => {
-                self.error(node, format!("{what} must be longer than zero"), "write e.g. 10s");
+                self.error(
+                    node,
+                    format!("{what} must be longer than zero"),
+                    "write e.g. 10s",
+                );
                 None
             }
             Some(Err(e)) => {
@@ -192,11 +250,19 @@ impl<'s> Walker<'s> {
                 } else {
                     "write durations like 500ms, 10s, 5m, 1h".into()
                 };
-                self.error(node, format!("invalid duration `{t}` for {what}: {e}"), help);
+                self.error(
+                    node,
+                    format!("invalid duration `{t}` for {what}: {e}"),
+                    help,
+                );
                 None
             }
             None => {
-                self.error(node, format!("{what} must be a duration, found {}", kind(node)), "write durations like 500ms, 10s, 5m");
+                self.error(
+                    node,
+                    format!("{what} must be a duration, found {}", kind(node)),
+                    "write durations like 500ms, 10s, 5m",
+                );
                 None
             }
         }
@@ -207,7 +273,11 @@ impl<'s> Walker<'s> {
         match &node.data {
             YamlData::Sequence(items) => Some(items.as_slice()),
             _ => {
-                self.error(node, format!("{what} must be a list, found {}", kind(node)), format!("write {what} as a YAML list, one `- item` per line"));
+                self.error(
+                    node,
+                    format!("{what} must be a list, found {}", kind(node)),
+                    format!("write {what} as a YAML list, one `- item` per line"),
+                );
                 None
             }
         }
@@ -218,7 +288,9 @@ impl<'s> Walker<'s> {
         if let Some(s) = self.scalar(node) {
             return vec![s];
         }
-        let Some(items) = self.list(node, what) else { return Vec::new() };
+        let Some(items) = self.list(node, what) else {
+            return Vec::new();
+        };
         items.iter().filter_map(|i| self.string(i, what)).collect()
     }
 
@@ -232,13 +304,24 @@ impl<'s> Walker<'s> {
         required: &[&str],
     ) -> Option<Vec<(String, &'n Node<'y>, &'n Node<'y>)>> {
         let YamlData::Mapping(map) = &node.data else {
-            self.error(node, format!("{what} must be a mapping of `key: value` lines, found {}", kind(node)), format!("see the config reference for the keys of {what}"));
+            self.error(
+                node,
+                format!(
+                    "{what} must be a mapping of `key: value` lines, found {}",
+                    kind(node)
+                ),
+                format!("see the config reference for the keys of {what}"),
+            );
             return None;
         };
         let mut entries = Vec::with_capacity(map.len());
         for (k, v) in map {
             let Some(key) = self.scalar(k) else {
-                self.error(k, format!("keys of {what} must be strings"), "use a plain word as the key");
+                self.error(
+                    k,
+                    format!("keys of {what} must be strings"),
+                    "use a plain word as the key",
+                );
                 continue;
             };
             if !allowed.is_empty() && !allowed.contains(&key.as_str()) {
@@ -252,7 +335,11 @@ impl<'s> Walker<'s> {
         }
         for req in required {
             if !entries.iter().any(|(k, _, _)| k == req) {
-                self.error(node, format!("{what} is missing `{req}`"), format!("add `{req}:` to {what}"));
+                self.error(
+                    node,
+                    format!("{what} is missing `{req}`"),
+                    format!("add `{req}:` to {what}"),
+                );
             }
         }
         Some(entries)
@@ -260,7 +347,10 @@ impl<'s> Walker<'s> {
 }
 
 /// The closest candidate within a small edit distance.
-pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub fn did_you_mean<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     candidates
         .into_iter()
         .map(|c| (strsim::damerau_levenshtein(word, c), c))

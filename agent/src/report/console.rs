@@ -20,13 +20,22 @@ pub struct Style {
 /// Renders the whole report.
 pub fn render(report: &RunReport, style: Style) -> String {
     let mut out = String::new();
-    let width = report.results.iter().map(|r| r.name.len()).max().unwrap_or(0);
+    let width = report
+        .results
+        .iter()
+        .map(|r| r.name.len())
+        .max()
+        .unwrap_or(0);
     for probe in &report.results {
         render_probe(&mut out, probe, width, style);
     }
     let s = Summary::of(&report.results);
     let mut parts = vec![format!("{} passed", s.pass)];
-    for (n, word) in [(s.fail, "failed"), (s.error, "errored"), (s.timeout, "timed out")] {
+    for (n, word) in [
+        (s.fail, "failed"),
+        (s.error, "errored"),
+        (s.timeout, "timed out"),
+    ] {
         if n > 0 {
             parts.push(format!("{n} {word}"));
         }
@@ -34,7 +43,11 @@ pub fn render(report: &RunReport, style: Style) -> String {
     if s.flaky > 0 {
         parts.push(format!("{} passed only after a retry", s.flaky));
     }
-    let verdict = if s.all_passed() { paint("PASS", Outcome::Pass, style) } else { paint("FAIL", Outcome::Fail, style) };
+    let verdict = if s.all_passed() {
+        paint("PASS", Outcome::Pass, style)
+    } else {
+        paint("FAIL", Outcome::Fail, style)
+    };
     let _ = writeln!(
         out,
         "\n{verdict}  {} probe{}: {} in {}",
@@ -47,7 +60,14 @@ pub fn render(report: &RunReport, style: Style) -> String {
 }
 
 fn render_probe(out: &mut String, probe: &ProbeResult, width: usize, style: Style) {
-    let attempts = if probe.attempts > 1 { format!("  ({} attempts, first {})", probe.attempts, probe.first_attempt) } else { String::new() };
+    let attempts = if probe.attempts > 1 {
+        format!(
+            "  ({} attempts, first {})",
+            probe.attempts, probe.first_attempt
+        )
+    } else {
+        String::new()
+    };
     let _ = writeln!(
         out,
         "{}  {:<width$}  {:>8}{attempts}",
@@ -65,7 +85,9 @@ fn render_probe(out: &mut String, probe: &ProbeResult, width: usize, style: Styl
 }
 
 fn render_step(out: &mut String, step: &StepResult, width: usize, style: Style) {
-    let status = step.status.map_or_else(|| "   ".to_string(), |s| s.to_string());
+    let status = step
+        .status
+        .map_or_else(|| "   ".to_string(), |s| s.to_string());
     if step.result == Outcome::Skipped {
         let _ = writeln!(out, "         {}  {}", label(step.result, style), step.name);
         return;
@@ -85,7 +107,11 @@ fn render_step(out: &mut String, step: &StepResult, width: usize, style: Style) 
         let mark = if a.result.is_pass() { "ok" } else { "x " };
         let _ = writeln!(out, "{pad}{mark} {}", a.expr);
         if !a.result.is_pass() {
-            let _ = writeln!(out, "{pad}     actual:   {}", a.actual.as_deref().unwrap_or("(none)"));
+            let _ = writeln!(
+                out,
+                "{pad}     actual:   {}",
+                a.actual.as_deref().unwrap_or("(none)")
+            );
             let _ = writeln!(out, "{pad}     expected: {}", a.expected);
             if let Some(m) = &a.message {
                 let _ = writeln!(out, "{pad}     note:     {m}");
@@ -100,7 +126,11 @@ fn render_step(out: &mut String, step: &StepResult, width: usize, style: Style) 
     }
     if style.verbose {
         if let Some(p) = &step.phases {
-            let phases: Vec<String> = p.iter().iter().map(|(n, d)| format!("{n} {}", format_seconds(d.as_secs_f64()))).collect();
+            let phases: Vec<String> = p
+                .iter()
+                .iter()
+                .map(|(n, d)| format!("{n} {}", format_seconds(d.as_secs_f64())))
+                .collect();
             let _ = writeln!(out, "{pad}phases: {}", phases.join(", "));
         }
         if let Some(x) = &step.exchange {

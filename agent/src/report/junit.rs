@@ -13,7 +13,9 @@ pub fn render(report: &RunReport) -> String {
     for probe in &report.results {
         junit.add_test_suite(suite(probe));
     }
-    junit.to_string().unwrap_or_else(|e| format!("<!-- could not render JUnit: {e} -->"))
+    junit
+        .to_string()
+        .unwrap_or_else(|e| format!("<!-- could not render JUnit: {e} -->"))
 }
 
 fn suite(probe: &ProbeResult) -> TestSuite {
@@ -21,10 +23,17 @@ fn suite(probe: &ProbeResult) -> TestSuite {
     suite.set_time(probe.duration);
     suite.add_property(("type", probe.kind.as_str()));
     suite.add_property(("attempts", probe.attempts.to_string().as_str()));
-    if probe.steps.is_empty() || (probe.error.is_some() && probe.steps.iter().all(|s| s.result == Outcome::Skipped)) {
+    if probe.steps.is_empty()
+        || (probe.error.is_some() && probe.steps.iter().all(|s| s.result == Outcome::Skipped))
+    {
         // Nothing ran: one case carries the probe-level error.
         let mut status = TestCaseStatus::non_success(kind_of(probe.result));
-        status.set_message(probe.error.clone().unwrap_or_else(|| probe.result.to_string()));
+        status.set_message(
+            probe
+                .error
+                .clone()
+                .unwrap_or_else(|| probe.result.to_string()),
+        );
         let mut case = TestCase::new(probe.name.as_str(), status);
         case.set_classname(probe.name.as_str());
         suite.add_test_case(case);
@@ -56,7 +65,13 @@ fn case(probe: &ProbeResult, step: &StepResult) -> TestCase {
     case.set_time(step.duration);
     case.set_assertions(step.asserts.len());
     if !step.artifacts.is_empty() {
-        case.set_system_out(step.artifacts.iter().map(|a| format!("[[ATTACHMENT|{a}]]")).collect::<Vec<_>>().join("\n"));
+        case.set_system_out(
+            step.artifacts
+                .iter()
+                .map(|a| format!("[[ATTACHMENT|{a}]]"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        );
     }
     case
 }
@@ -72,7 +87,11 @@ fn kind_of(outcome: Outcome) -> NonSuccessKind {
 pub fn failure_message(step: &StepResult) -> String {
     if let Some(a) = step.failed_asserts().next() {
         let more = step.failed_asserts().count() - 1;
-        let suffix = if more > 0 { format!(" (and {more} more)") } else { String::new() };
+        let suffix = if more > 0 {
+            format!(" (and {more} more)")
+        } else {
+            String::new()
+        };
         return format!(
             "{}: actual {}, expected {}{suffix}",
             a.expr,
@@ -80,14 +99,21 @@ pub fn failure_message(step: &StepResult) -> String {
             a.expected
         );
     }
-    step.error.clone().unwrap_or_else(|| step.result.to_string())
+    step.error
+        .clone()
+        .unwrap_or_else(|| step.result.to_string())
 }
 
 fn failure_detail(step: &StepResult) -> String {
     let mut lines: Vec<String> = step
         .failed_asserts()
         .map(|a| {
-            let mut l = format!("{}\n  actual:   {}\n  expected: {}", a.expr, a.actual.as_deref().unwrap_or("(none)"), a.expected);
+            let mut l = format!(
+                "{}\n  actual:   {}\n  expected: {}",
+                a.expr,
+                a.actual.as_deref().unwrap_or("(none)"),
+                a.expected
+            );
             if let Some(m) = &a.message {
                 l.push_str(&format!("\n  note:     {m}"));
             }

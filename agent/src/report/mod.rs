@@ -34,7 +34,10 @@ pub struct Summary {
 impl Summary {
     /// Counts `results`.
     pub fn of(results: &[ProbeResult]) -> Summary {
-        let mut s = Summary { total: results.len(), ..Summary::default() };
+        let mut s = Summary {
+            total: results.len(),
+            ..Summary::default()
+        };
         for r in results {
             match r.result {
                 Outcome::Pass => s.pass += 1,

@@ -20,7 +20,11 @@ pub struct CookieJar {
 
 impl CookieJar {
     /// Stores the cookies of a response from `url`; `Max-Age=0` or an empty value removes one.
-    pub fn store(&mut self, url: &url::Url, set_cookie_values: impl IntoIterator<Item = impl AsRef<str>>) {
+    pub fn store(
+        &mut self,
+        url: &url::Url,
+        set_cookie_values: impl IntoIterator<Item = impl AsRef<str>>,
+    ) {
         let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
         for header in set_cookie_values {
             let mut parts = header.as_ref().split(';');
@@ -51,7 +55,9 @@ impl CookieJar {
                     _ => {}
                 }
             }
-            self.cookies.retain(|c| !(c.name == cookie.name && c.domain == cookie.domain && c.path == cookie.path));
+            self.cookies.retain(|c| {
+                !(c.name == cookie.name && c.domain == cookie.domain && c.path == cookie.path)
+            });
             if !expired && !cookie.value.is_empty() {
                 self.cookies.push(cookie);
             }
@@ -89,7 +95,8 @@ fn default_path(url: &url::Url) -> String {
 
 fn path_matches(request: &str, cookie: &str) -> bool {
     request == cookie
-        || (request.starts_with(cookie) && (cookie.ends_with('/') || request[cookie.len()..].starts_with('/')))
+        || (request.starts_with(cookie)
+            && (cookie.ends_with('/') || request[cookie.len()..].starts_with('/')))
 }
 
 #[cfg(test)]
@@ -103,10 +110,18 @@ mod tests {
     #[test]
     fn cookies_are_sent_back_to_the_same_host_and_path() {
         let mut jar = CookieJar::default();
-        jar.store(&url("http://127.0.0.1:8080/api/auth/login"), ["session=abc; Path=/; HttpOnly", "pref=1"]);
-        assert_eq!(jar.header_for(&url("http://127.0.0.1:8080/cart")).as_deref(), Some("session=abc"));
+        jar.store(
+            &url("http://127.0.0.1:8080/api/auth/login"),
+            ["session=abc; Path=/; HttpOnly", "pref=1"],
+        );
         assert_eq!(
-            jar.header_for(&url("http://127.0.0.1:8080/api/auth/x")).as_deref(),
+            jar.header_for(&url("http://127.0.0.1:8080/cart"))
+                .as_deref(),
+            Some("session=abc")
+        );
+        assert_eq!(
+            jar.header_for(&url("http://127.0.0.1:8080/api/auth/x"))
+                .as_deref(),
             Some("session=abc; pref=1")
         );
         assert_eq!(jar.header_for(&url("http://localhost:8080/cart")), None);
@@ -116,8 +131,14 @@ mod tests {
     fn domain_cookies_match_subdomains_and_max_age_zero_deletes() {
         let mut jar = CookieJar::default();
         jar.store(&url("https://api.shop.test/"), ["s=1; Domain=shop.test"]);
-        assert_eq!(jar.header_for(&url("https://www.shop.test/")).as_deref(), Some("s=1"));
-        jar.store(&url("https://api.shop.test/"), ["s=; Domain=shop.test; Max-Age=0"]);
+        assert_eq!(
+            jar.header_for(&url("https://www.shop.test/")).as_deref(),
+            Some("s=1")
+        );
+        jar.store(
+            &url("https://api.shop.test/"),
+            ["s=; Domain=shop.test; Max-Age=0"],
+        );
         assert_eq!(jar.header_for(&url("https://www.shop.test/")), None);
     }
 }

@@ -16,7 +16,12 @@ use crate::template::{Masker, RenderError, Scope};
 const SHOWN_BODY_BYTES: usize = 4096;
 
 /// Headers whose values never appear in output.
-const SENSITIVE_HEADERS: [&str; 4] = ["authorization", "cookie", "set-cookie", "proxy-authorization"];
+const SENSITIVE_HEADERS: [&str; 4] = [
+    "authorization",
+    "cookie",
+    "set-cookie",
+    "proxy-authorization",
+];
 
 /// Runs the steps of `probe` once, within `deadline`.
 pub async fn run_steps(
@@ -38,7 +43,16 @@ pub async fn run_steps(
             Some(t) => deadline.min(tokio::time::Instant::now() + t),
             None => deadline,
         };
-        let result = run_step(probe, step, transport, scope, &mut jar, masker, step_deadline).await;
+        let result = run_step(
+            probe,
+            step,
+            transport,
+            scope,
+            &mut jar,
+            masker,
+            step_deadline,
+        )
+        .await;
         blocked = !result.result.is_pass();
         results.push(result);
     }
@@ -65,7 +79,11 @@ async fn run_step(
         }
     };
     let masker = masker.with(scope.secret_values());
-    let limits = Limits { deadline, max_body_bytes: probe.max_body_bytes, insecure: probe.insecure };
+    let limits = Limits {
+        deadline,
+        max_body_bytes: probe.max_body_bytes,
+        insecure: probe.insecure,
+    };
     let exchange = send_following_redirects(probe, transport, request, jar, &limits).await;
     result.duration = started.elapsed();
     result.phases = Some(exchange.phases);
@@ -73,7 +91,11 @@ async fn run_step(
     let response = match exchange.outcome {
         Ok(response) => response,
         Err((kind, message)) => {
-            result.result = if kind == FailureKind::Timeout { Outcome::Timeout } else { Outcome::Error };
+            result.result = if kind == FailureKind::Timeout {
+                Outcome::Timeout
+            } else {
+                Outcome::Error
+            };
             result.error = Some(masker.mask(&message));
             return result;
         }
@@ -94,9 +116,17 @@ async fn run_step(
             Err(e) => problems.push(e),
         }
     }
-    result.asserts = step.asserts.iter().map(|a| a.evaluate(&obs, scope, &masker)).collect();
+    result.asserts = step
+        .asserts
+        .iter()
+        .map(|a| a.evaluate(&obs, scope, &masker))
+        .collect();
     let failed = result.asserts.iter().any(|a| !a.result.is_pass());
-    result.result = if failed || !problems.is_empty() { Outcome::Fail } else { Outcome::Pass };
+    result.result = if failed || !problems.is_empty() {
+        Outcome::Fail
+    } else {
+        Outcome::Pass
+    };
     if !problems.is_empty() {
         result.error = Some(masker.mask(&problems.join("; ")));
     }
@@ -141,7 +171,8 @@ async fn send_following_redirects(
     loop {
         let mut sent = request.clone();
         if let Some(cookies) = jar.header_for(&sent.url) {
-            sent.headers.retain(|(n, _)| !n.eq_ignore_ascii_case("cookie"));
+            sent.headers
+                .retain(|(n, _)| !n.eq_ignore_ascii_case("cookie"));
             sent.headers.push(("Cookie".into(), cookies));
         }
         let outcome = transport.send(&sent, limits).await;
@@ -164,12 +195,25 @@ async fn send_following_redirects(
         };
         jar.store(
             &sent.url,
-            response.headers.iter().filter(|(n, _)| n == "set-cookie").map(|(_, v)| v.as_str()),
+            response
+                .headers
+                .iter()
+                .filter(|(n, _)| n == "set-cookie")
+                .map(|(_, v)| v.as_str()),
         );
-        let location = response.headers.iter().find(|(n, _)| n == "location").map(|(_, v)| v.clone());
+        let location = response
+            .headers
+            .iter()
+            .find(|(n, _)| n == "location")
+            .map(|(_, v)| v.clone());
         let redirect = matches!(response.status, 301 | 302 | 303 | 307 | 308);
         let (Some(location), true, true) = (location, redirect, probe.follow_redirects) else {
-            return StepExchange { outcome: Ok(response), phases, cert_not_after, last_request: sent };
+            return StepExchange {
+                outcome: Ok(response),
+                phases,
+                cert_not_after,
+                last_request: sent,
+            };
         };
         if redirects >= probe.max_redirects {
             return StepExchange {
@@ -190,7 +234,10 @@ async fn send_following_redirects(
             Ok(u) => u,
             Err(e) => {
                 return StepExchange {
-                    outcome: Err((FailureKind::Protocol, format!("invalid redirect Location `{location}`: {e}"))),
+                    outcome: Err((
+                        FailureKind::Protocol,
+                        format!("invalid redirect Location `{location}`: {e}"),
+                    )),
                     phases,
                     cert_not_after,
                     last_request: sent,
@@ -208,7 +255,9 @@ async fn send_following_redirects(
             });
         }
         if next.host_str() != request.url.host_str() {
-            request.headers.retain(|(n, _)| !n.eq_ignore_ascii_case("authorization"));
+            request
+                .headers
+                .retain(|(n, _)| !n.eq_ignore_ascii_case("authorization"));
         }
         request.url = next;
     }
@@ -220,7 +269,10 @@ fn render_request(step: &HttpStep, scope: &mut Scope) -> Result<OutgoingRequest,
     let mut url = url::Url::parse(&raw_url)
         .map_err(|e| RenderError(format!("invalid URL `{raw_url}`: {e}")))?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(RenderError(format!("unsupported scheme `{}` in `{raw_url}`; use http or https", url.scheme())));
+        return Err(RenderError(format!(
+            "unsupported scheme `{}` in `{raw_url}`; use http or https",
+            url.scheme()
+        )));
     }
     if !spec.query.is_empty() {
         let mut rendered = Vec::with_capacity(spec.query.len());
@@ -233,7 +285,9 @@ fn render_request(step: &HttpStep, scope: &mut Scope) -> Result<OutgoingRequest,
     for (name, value) in &spec.headers {
         headers.push((name.clone(), value.render(scope)?));
     }
-    let has = |headers: &[(String, String)], n: &str| headers.iter().any(|(h, _)| h.eq_ignore_ascii_case(n));
+    let has = |headers: &[(String, String)], n: &str| {
+        headers.iter().any(|(h, _)| h.eq_ignore_ascii_case(n))
+    };
     let body = match &spec.body {
         None => Bytes::new(),
         Some(BodySpec::Text(t)) => Bytes::from(t.render(scope)?),
@@ -245,7 +299,10 @@ fn render_request(step: &HttpStep, scope: &mut Scope) -> Result<OutgoingRequest,
         }
         Some(BodySpec::Form(fields)) => {
             if !has(&headers, "content-type") {
-                headers.push(("Content-Type".into(), "application/x-www-form-urlencoded".into()));
+                headers.push((
+                    "Content-Type".into(),
+                    "application/x-www-form-urlencoded".into(),
+                ));
             }
             let mut form = url::form_urlencoded::Serializer::new(String::new());
             for (k, v) in fields {
@@ -256,7 +313,12 @@ fn render_request(step: &HttpStep, scope: &mut Scope) -> Result<OutgoingRequest,
     };
     let method = http::Method::from_bytes(spec.method.as_bytes())
         .map_err(|_| RenderError(format!("invalid method `{}`", spec.method)))?;
-    Ok(OutgoingRequest { method, url, headers, body })
+    Ok(OutgoingRequest {
+        method,
+        url,
+        headers,
+        body,
+    })
 }
 
 fn render_json(doc: &JsonTemplate, scope: &mut Scope) -> Result<serde_json::Value, RenderError> {
@@ -265,9 +327,12 @@ fn render_json(doc: &JsonTemplate, scope: &mut Scope) -> Result<serde_json::Valu
         JsonTemplate::Bool(b) => serde_json::Value::Bool(*b),
         JsonTemplate::Number(n) => serde_json::Value::Number(n.clone()),
         JsonTemplate::String(t) => serde_json::Value::String(t.render(scope)?),
-        JsonTemplate::Array(items) => {
-            serde_json::Value::Array(items.iter().map(|i| render_json(i, scope)).collect::<Result<_, _>>()?)
-        }
+        JsonTemplate::Array(items) => serde_json::Value::Array(
+            items
+                .iter()
+                .map(|i| render_json(i, scope))
+                .collect::<Result<_, _>>()?,
+        ),
         JsonTemplate::Object(fields) => {
             let mut map = serde_json::Map::new();
             for (k, v) in fields {
@@ -323,10 +388,17 @@ pub fn mask_step(step: &mut StepResult, masker: &Masker) {
     }
     if let Some(x) = step.exchange.as_mut() {
         masker.mask_in_place(&mut x.request_line);
-        for (_, v) in x.request_headers.iter_mut().chain(x.response_headers.iter_mut()) {
+        for (_, v) in x
+            .request_headers
+            .iter_mut()
+            .chain(x.response_headers.iter_mut())
+        {
             masker.mask_in_place(v);
         }
-        for b in [x.request_body.as_mut(), x.response_body.as_mut()].into_iter().flatten() {
+        for b in [x.request_body.as_mut(), x.response_body.as_mut()]
+            .into_iter()
+            .flatten()
+        {
             masker.mask_in_place(b);
         }
     }
