@@ -11,7 +11,10 @@
 
 mod config;
 mod demo;
+mod history;
+mod metrics;
 mod report;
+mod scheduler;
 mod verify;
 
 use std::io::IsTerminal;
