@@ -4,17 +4,26 @@
 //! - [`config`]: the YAML config, validated with file:line:col diagnostics
 //! - [`verify`]: probe selection and one-shot runs for `patrol verify`
 //! - [`report`]: console, JSON and JUnit reports
+//! - [`daemon`]: `patrol run`, the agent's lifecycle (load, reload, drain)
+//! - [`scheduler`]: cron and interval schedules into run events, without drift
+//! - [`runner`]: runs under the concurrency limit, timeouts and panic isolation
+//! - [`metrics`]: every Prometheus metric
+//! - [`history`]: recent results and latency percentiles
+//! - [`server`]: /metrics, health, the control API and the status page
 //! - [`demo`]: `patrol demo`, the bundled shop probed by the example suite
 //!
 //! Exit codes: 0 every probe passed, 1 a probe failed, errored or timed out, 2 a config, usage or
 //! internal error.
 
 mod config;
+mod daemon;
 mod demo;
 mod history;
 mod metrics;
 mod report;
+mod runner;
 mod scheduler;
+mod server;
 mod verify;
 
 use std::io::IsTerminal;
@@ -46,6 +55,18 @@ enum Command {
     },
     /// Run the selected probes once as a deploy gate: exit 0 when all pass, 1 when any fails.
     Verify(VerifyArgs),
+    /// Run the agent: scheduled probes, Prometheus metrics, the control API and status page.
+    Run {
+        /// The config file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Listen here instead of agent.listen.
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// How long runs in flight may finish after SIGTERM/SIGINT.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        grace: std::time::Duration,
+    },
     /// Start the bundled reference shop on loopback and verify examples/citadelbuy.yaml against it.
     Demo {
         /// Address for the shop.
@@ -104,6 +125,25 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Validate { config } => validate(&config),
         Command::Verify(args) => with_runtime(verify_command(args)),
+        Command::Run {
+            config,
+            listen,
+            grace,
+        } => with_runtime(async move {
+            let options = daemon::RunOptions {
+                config,
+                listen,
+                grace,
+            };
+            let on_listening = |addr| println!("patrol agent listening on http://{addr}");
+            match daemon::run(options, daemon::termination(), on_listening).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(2)
+                }
+            }
+        }),
         Command::Demo {
             shop_listen,
             verbose,

@@ -1,1 +1,1031 @@
-//! (being written)
+//! Prometheus metrics: every series Patrol exports is defined here, once.
+//!
+//! [`Metrics`] is created at start-up and shared as `Arc<Metrics>`; callers record intent
+//! (`record_run(&result)`, `record_skip`, `record_reload`) instead of touching the registry.
+//! Probe series keep the blackbox_exporter / Grafana Synthetic Monitoring names (`probe_*`);
+//! the agent's own series are `patrol_*`. Labels are bounded: probe, step, phase, location,
+//! type, result and a few fixed vocabularies; never a URL, error text or user data.
+//!
+//! Every metric has a fixed label set. `track` (stable/canary/baseline) is not a label yet:
+//! runs recorded with a track share the untracked series.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use patrol_probes::result::{Outcome, Phases, ProbeResult};
+use prometheus::core::{Collector, MetricVec, MetricVecBuilder};
+use prometheus::{
+    Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
+};
+
+/// Buckets for whole-probe, step and web-vital latencies: synthetic checks take 5 ms to 30 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5,
+    10.0, 15.0, 20.0, 30.0,
+];
+
+/// Buckets for network phases: coarser than [`LATENCY_BUCKETS`] because there are five phase
+/// histograms per step (the largest family by far), and starting lower because resolve and
+/// connect are often under 5 ms.
+const PHASE_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Buckets for scheduler lag: normally sub-millisecond, seconds when the agent is overloaded.
+const LAG_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+/// The outcomes a run is counted under in `probe_runs_total`; each is created at zero on a
+/// probe's first run so `increase()` sees the first failure.
+const RUN_RESULTS: [Outcome; 4] = [
+    Outcome::Pass,
+    Outcome::Fail,
+    Outcome::Error,
+    Outcome::Timeout,
+];
+
+/// Every metric Patrol exports, registered in its own registry.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// The `location` label value of every probe series.
+    location: String,
+
+    // probe_* {probe, type, location}
+    success: GaugeVec,
+    duration: GaugeVec,
+    all_duration: HistogramVec,
+    /// Also labelled `result`.
+    runs: IntCounterVec,
+    first_attempt_success: GaugeVec,
+
+    // probe_step_* {probe, step, type, location}
+    step_duration: HistogramVec,
+    step_success: GaugeVec,
+
+    // probe_http_* {probe, step, [phase,] location}
+    phase_duration: GaugeVec,
+    phase_all_duration: HistogramVec,
+    status_code: GaugeVec,
+
+    /// {probe, location}
+    cert_expiry: GaugeVec,
+    /// {probe, vital, location}
+    web_vital: HistogramVec,
+
+    // patrol_*
+    runs_skipped: IntCounterVec,
+    scheduler_lag: Histogram,
+    runs_in_flight: IntGauge,
+    build_info: IntGaugeVec,
+    config_reloads: IntCounterVec,
+    config_last_reload_success: Gauge,
+    deploy_verifications: IntCounterVec,
+    #[allow(
+        dead_code,
+        reason = "used by browser probes and deploy verdicts (issues 4 and 5)"
+    )]
+    rollback_actions: IntCounterVec,
+    deploy_info: IntGaugeVec,
+    deploy_timestamp: Gauge,
+}
+
+/// Labels of the per-probe series.
+const PROBE_LABELS: &[&str] = &["probe", "type", "location"];
+/// Labels of the per-step series.
+const STEP_LABELS: &[&str] = &["probe", "step", "type", "location"];
+/// Labels of the per-phase series.
+const PHASE_LABELS: &[&str] = &["probe", "step", "phase", "location"];
+
+impl Metrics {
+    /// Creates and registers every metric; `location` labels all probe series.
+    pub fn new(location: &str) -> Metrics {
+        let registry = Registry::new();
+        let r = &registry;
+        let metrics = Metrics {
+            location: location.to_string(),
+            success: register(
+                r,
+                GaugeVec::new(
+                    Opts::new(
+                        "probe_success",
+                        "Whether the last run passed (1) or not (0).",
+                    ),
+                    PROBE_LABELS,
+                ),
+            ),
+            duration: register(
+                r,
+                GaugeVec::new(
+                    Opts::new(
+                        "probe_duration_seconds",
+                        "Duration of the last run, retries included.",
+                    ),
+                    PROBE_LABELS,
+                ),
+            ),
+            all_duration: register(
+                r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "probe_all_duration_seconds",
+                        "Duration of every run, retries included.",
+                    )
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                    PROBE_LABELS,
+                ),
+            ),
+            runs: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "probe_runs_total",
+                        "Runs by result: pass, fail, error, timeout.",
+                    ),
+                    &["probe", "type", "location", "result"],
+                ),
+            ),
+            first_attempt_success: register(
+                r,
+                GaugeVec::new(
+                    Opts::new(
+                        "probe_first_attempt_success",
+                        "Whether the last run passed without a retry (1) or not (0).",
+                    ),
+                    PROBE_LABELS,
+                ),
+            ),
+            step_duration: register(
+                r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "probe_step_duration_seconds",
+                        "Duration of every step that ran (skipped steps are not observed).",
+                    )
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                    STEP_LABELS,
+                ),
+            ),
+            step_success: register(
+                r,
+                GaugeVec::new(
+                    Opts::new(
+                        "probe_step_success",
+                        "Whether the step passed in the last run (1) or not (0, also when skipped).",
+                    ),
+                    STEP_LABELS,
+                ),
+            ),
+            phase_duration: register(
+                r,
+                GaugeVec::new(
+                    Opts::new(
+                        "probe_http_duration_seconds",
+                        "Network phase durations of the step in the last run: resolve, connect, \
+                         tls, processing, transfer.",
+                    ),
+                    PHASE_LABELS,
+                ),
+            ),
+            phase_all_duration: register(
+                r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "probe_http_all_duration_seconds",
+                        "Network phase durations of the step over every run.",
+                    )
+                    .buckets(PHASE_BUCKETS.to_vec()),
+                    PHASE_LABELS,
+                ),
+            ),
+            status_code: register(
+                r,
+                GaugeVec::new(
+                    Opts::new(
+                        "probe_http_status_code",
+                        "HTTP status of the step in the last run (0 when no response).",
+                    ),
+                    &["probe", "step", "location"],
+                ),
+            ),
+            cert_expiry: register(
+                r,
+                GaugeVec::new(
+                    Opts::new(
+                        "probe_ssl_earliest_cert_expiry",
+                        "Unix seconds at which the earliest certificate seen by the probe expires.",
+                    ),
+                    &["probe", "location"],
+                ),
+            ),
+            web_vital: register(
+                r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "probe_browser_web_vital_seconds",
+                        "Browser timings: ttfb, fcp, lcp, dom_content_loaded, load.",
+                    )
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                    &["probe", "vital", "location"],
+                ),
+            ),
+            runs_skipped: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "patrol_runs_skipped_total",
+                        "Scheduled runs not started, by reason.",
+                    ),
+                    &["probe", "reason"],
+                ),
+            ),
+            scheduler_lag: register(
+                r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "patrol_scheduler_lag_seconds",
+                        "How late runs start compared to their schedule.",
+                    )
+                    .buckets(LAG_BUCKETS.to_vec()),
+                ),
+            ),
+            runs_in_flight: register(
+                r,
+                IntGauge::new("patrol_runs_in_flight", "Probe runs in progress."),
+            ),
+            build_info: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new("patrol_build_info", "Always 1; labelled with the build."),
+                    &["version"],
+                ),
+            ),
+            config_reloads: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "patrol_config_reload_total",
+                        "Config reloads by result: success, failure.",
+                    ),
+                    &["result"],
+                ),
+            ),
+            config_last_reload_success: register(
+                r,
+                Gauge::new(
+                    "patrol_config_last_reload_success_timestamp_seconds",
+                    "Unix time of the last successful config load.",
+                ),
+            ),
+            deploy_verifications: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "patrol_deploy_verification_total",
+                        "Deploy verifications by verdict: pass, fail, inconclusive.",
+                    ),
+                    &["verdict"],
+                ),
+            ),
+            rollback_actions: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "patrol_rollback_actions_total",
+                        "Rollback actions by result.",
+                    ),
+                    &["result"],
+                ),
+            ),
+            deploy_info: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "patrol_deploy_info",
+                        "Always 1; labelled with the last deploy seen.",
+                    ),
+                    &["version", "environment"],
+                ),
+            ),
+            deploy_timestamp: register(
+                r,
+                Gauge::new(
+                    "patrol_deploy_timestamp_seconds",
+                    "Unix time at which the last deploy was seen.",
+                ),
+            ),
+            registry,
+        };
+        metrics
+            .build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        // Zero-valued series exist from the start so rate() and increase() see the first event.
+        for result in ["success", "failure"] {
+            metrics.config_reloads.with_label_values(&[result]);
+        }
+        for verdict in ["pass", "fail", "inconclusive"] {
+            metrics.deploy_verifications.with_label_values(&[verdict]);
+        }
+        metrics
+    }
+
+    /// Records one finished run: every `probe_*` series of the probe and its steps.
+    ///
+    /// `_track` (stable/canary/baseline) is accepted for the callers' sake but not a label yet.
+    pub fn record_run(&self, result: &ProbeResult, _track: Option<&str>) {
+        let probe = result.name.as_str();
+        let kind = result.kind.as_str();
+        let location = self.location.as_str();
+        let labels = [probe, kind, location];
+
+        self.success
+            .with_label_values(&labels)
+            .set(bool_value(result.result.is_pass()));
+        let seconds = result.duration.as_secs_f64();
+        self.duration.with_label_values(&labels).set(seconds);
+        self.all_duration
+            .with_label_values(&labels)
+            .observe(seconds);
+        self.first_attempt_success
+            .with_label_values(&labels)
+            .set(bool_value(result.first_attempt.is_pass()));
+        for outcome in RUN_RESULTS {
+            self.runs
+                .with_label_values(&[probe, kind, location, outcome.as_str()]);
+        }
+        self.runs
+            .with_label_values(&[probe, kind, location, result.result.as_str()])
+            .inc();
+
+        for step in &result.steps {
+            let step_name = step.name.as_str();
+            let step_labels = [probe, step_name, kind, location];
+            self.step_success
+                .with_label_values(&step_labels)
+                .set(bool_value(step.result.is_pass()));
+            if step.result != Outcome::Skipped {
+                self.step_duration
+                    .with_label_values(&step_labels)
+                    .observe(step.duration.as_secs_f64());
+            }
+            match &step.phases {
+                Some(phases) => self.record_phases(probe, step_name, phases),
+                // "Last run" gauges of a step that made no exchange this run would be stale.
+                None => self.forget_phases(probe, step_name),
+            }
+            // Like blackbox_exporter, 0 says "no response" for HTTP steps that got none.
+            let status = match step.status {
+                Some(code) => Some(f64::from(code)),
+                None if kind == "http" => Some(0.0),
+                None => None,
+            };
+            if let Some(status) = status {
+                self.status_code
+                    .with_label_values(&[probe, step_name, location])
+                    .set(status);
+            }
+        }
+
+        // A failed run keeps the last known expiry: an outage must not hide a certificate alert.
+        if let Some(expiry) = result.earliest_cert_expiry() {
+            self.cert_expiry
+                .with_label_values(&[probe, location])
+                .set(expiry as f64);
+        }
+    }
+
+    fn record_phases(&self, probe: &str, step: &str, phases: &Phases) {
+        for (phase, duration) in phases.iter() {
+            let labels = [probe, step, phase, self.location.as_str()];
+            let seconds = duration.as_secs_f64();
+            self.phase_duration.with_label_values(&labels).set(seconds);
+            self.phase_all_duration
+                .with_label_values(&labels)
+                .observe(seconds);
+        }
+    }
+
+    fn forget_phases(&self, probe: &str, step: &str) {
+        for phase in Phases::NAMES {
+            // Err only says the series did not exist.
+            let _ = self.phase_duration.remove_label_values(&[
+                probe,
+                step,
+                phase,
+                self.location.as_str(),
+            ]);
+        }
+    }
+
+    /// Records one browser timing (`ttfb`, `fcp`, `lcp`, `dom_content_loaded`, `load`).
+    #[allow(
+        dead_code,
+        reason = "used by browser probes and deploy verdicts (issues 4 and 5)"
+    )]
+    pub fn record_web_vital(&self, probe: &str, vital: &str, seconds: f64) {
+        self.web_vital
+            .with_label_values(&[probe, vital, self.location.as_str()])
+            .observe(seconds);
+    }
+
+    /// Counts a scheduled run that was not started; `reason` is a fixed word such as
+    /// `overlap` or `shutdown`, never error text.
+    pub fn record_skip(&self, probe: &str, reason: &str) {
+        self.runs_skipped.with_label_values(&[probe, reason]).inc();
+    }
+
+    /// Records how late a run started compared to its schedule.
+    pub fn record_scheduler_lag(&self, lag: Duration) {
+        self.scheduler_lag.observe(lag.as_secs_f64());
+    }
+
+    /// A run started: `patrol_runs_in_flight` goes up.
+    pub fn run_started(&self) {
+        self.runs_in_flight.inc();
+    }
+
+    /// A run finished: `patrol_runs_in_flight` goes down.
+    pub fn run_finished(&self) {
+        self.runs_in_flight.dec();
+    }
+
+    /// Counts a config reload; a successful one also sets the last-success timestamp to now.
+    pub fn record_reload(&self, success: bool) {
+        let result = if success { "success" } else { "failure" };
+        self.config_reloads.with_label_values(&[result]).inc();
+        if success {
+            self.config_last_reload_success.set(unix_now_seconds());
+        }
+    }
+
+    /// Counts a deploy verification by verdict (`pass`, `fail`, `inconclusive`).
+    #[allow(
+        dead_code,
+        reason = "used by browser probes and deploy verdicts (issues 4 and 5)"
+    )]
+    pub fn record_verdict(&self, verdict: &str) {
+        self.deploy_verifications
+            .with_label_values(&[verdict])
+            .inc();
+    }
+
+    /// Counts a rollback action by result (e.g. `success`, `failure`, `dry_run`).
+    #[allow(
+        dead_code,
+        reason = "used by browser probes and deploy verdicts (issues 4 and 5)"
+    )]
+    pub fn record_rollback_action(&self, result: &str) {
+        self.rollback_actions.with_label_values(&[result]).inc();
+    }
+
+    /// Records the deploy now being verified: `patrol_deploy_info` holds only this one, and
+    /// `patrol_deploy_timestamp_seconds` is set to now.
+    pub fn record_deploy(&self, version: &str, environment: &str) {
+        // One series at a time: versions are unbounded over the agent's life.
+        self.deploy_info.reset();
+        self.deploy_info
+            .with_label_values(&[version, environment])
+            .set(1);
+        self.deploy_timestamp.set(unix_now_seconds());
+    }
+
+    /// Removes every series labelled `probe=<probe>` (all steps, phases, results, vitals and
+    /// skip reasons), for probes a config reload removed.
+    ///
+    /// A run of that probe still in flight would create its series again when recorded; the
+    /// runner should not record runs of probes it no longer has.
+    pub fn forget_probe(&self, probe: &str) {
+        forget_in(&self.success, probe);
+        forget_in(&self.duration, probe);
+        forget_in(&self.all_duration, probe);
+        forget_in(&self.runs, probe);
+        forget_in(&self.first_attempt_success, probe);
+        forget_in(&self.step_duration, probe);
+        forget_in(&self.step_success, probe);
+        forget_in(&self.phase_duration, probe);
+        forget_in(&self.phase_all_duration, probe);
+        forget_in(&self.status_code, probe);
+        forget_in(&self.cert_expiry, probe);
+        forget_in(&self.web_vital, probe);
+        forget_in(&self.runs_skipped, probe);
+    }
+
+    /// Every metric in the Prometheus text exposition format (`text/plain; version=0.0.4`).
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = TextEncoder::new().encode_utf8(&self.registry.gather(), &mut out) {
+            tracing::warn!(error = %e, "Metrics encoding failed.");
+        }
+        out
+    }
+}
+
+/// Registers a metric that was just built from static, valid definitions.
+fn register<C>(registry: &Registry, metric: prometheus::Result<C>) -> C
+where
+    C: Collector + Clone + 'static,
+{
+    let metric = metric.expect("metric definitions are static and valid");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("each metric is registered once, in Metrics::new");
+    metric
+}
+
+/// Removes from `vec` every child whose `probe` label is `probe`, whatever its other labels.
+fn forget_in<T: MetricVecBuilder>(vec: &MetricVec<T>, probe: &str) {
+    for family in vec.collect() {
+        for metric in family.get_metric() {
+            let labels = metric.get_label();
+            if labels
+                .iter()
+                .any(|l| l.name() == "probe" && l.value() == probe)
+            {
+                let labels: HashMap<&str, &str> =
+                    labels.iter().map(|l| (l.name(), l.value())).collect();
+                // Err only says the series is already gone (a concurrent forget).
+                let _ = vec.remove(&labels);
+            }
+        }
+    }
+}
+
+fn bool_value(b: bool) -> f64 {
+    if b { 1.0 } else { 0.0 }
+}
+
+fn unix_now_seconds() -> f64 {
+    chrono::Utc::now().timestamp_millis() as f64 / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use patrol_probes::result::StepResult;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn phases() -> Phases {
+        Phases {
+            resolve: ms(1),
+            connect: ms(2),
+            tls: ms(4),
+            processing: ms(125),
+            transfer: ms(8),
+        }
+    }
+
+    fn step(name: &str, result: Outcome, millis: u64, status: Option<u16>) -> StepResult {
+        StepResult {
+            result,
+            duration: ms(millis),
+            status,
+            phases: status.map(|_| phases()),
+            ..StepResult::skipped(name)
+        }
+    }
+
+    fn run(result: Outcome, first: Outcome, millis: u64, steps: Vec<StepResult>) -> ProbeResult {
+        ProbeResult {
+            name: "p".to_string(),
+            kind: "http".to_string(),
+            result,
+            duration: ms(millis),
+            attempts: if first == result { 1 } else { 2 },
+            first_attempt: first,
+            started_at_ms: 1_700_000_000_000,
+            steps,
+            retried: Vec::new(),
+            error: None,
+        }
+    }
+
+    fn all_pass() -> Vec<StepResult> {
+        vec![
+            step("login", Outcome::Pass, 250, Some(200)),
+            step("cart", Outcome::Pass, 125, Some(201)),
+            step("checkout", Outcome::Pass, 500, Some(200)),
+        ]
+    }
+
+    /// The value of the one line starting with `series ` (name and labels, exactly).
+    fn value(text: &str, series: &str) -> Option<String> {
+        let prefix = format!("{series} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .map(str::to_string)
+    }
+
+    fn assert_value(text: &str, series: &str, expected: &str) {
+        assert_eq!(
+            value(text, series).as_deref(),
+            Some(expected),
+            "{series} in:\n{text}"
+        );
+    }
+
+    #[test]
+    fn scripted_runs_give_exact_values() {
+        let m = Metrics::new("eu");
+
+        // 1: pass, with a certificate on two steps.
+        let mut first = run(Outcome::Pass, Outcome::Pass, 500, all_pass());
+        first.steps[0].cert_not_after = Some(1_900_000_000);
+        first.steps[1].cert_not_after = Some(1_800_000_000);
+        m.record_run(&first, None);
+        let text = m.render();
+        assert_value(
+            &text,
+            r#"probe_ssl_earliest_cert_expiry{location="eu",probe="p"}"#,
+            "1800000000",
+        );
+        // Every result series exists at zero from the first run.
+        assert_value(
+            &text,
+            r#"probe_runs_total{location="eu",probe="p",result="fail",type="http"}"#,
+            "0",
+        );
+
+        // 2: fail at cart, checkout skipped.
+        let fail = run(
+            Outcome::Fail,
+            Outcome::Fail,
+            1000,
+            vec![
+                step("login", Outcome::Pass, 250, Some(200)),
+                step("cart", Outcome::Fail, 500, Some(500)),
+                StepResult::skipped("checkout"),
+            ],
+        );
+        m.record_run(&fail, None);
+        let text = m.render();
+        assert_value(
+            &text,
+            r#"probe_success{location="eu",probe="p",type="http"}"#,
+            "0",
+        );
+        assert_value(
+            &text,
+            r#"probe_step_success{location="eu",probe="p",step="checkout",type="http"}"#,
+            "0",
+        );
+        assert_value(
+            &text,
+            r#"probe_step_success{location="eu",probe="p",step="login",type="http"}"#,
+            "1",
+        );
+        assert_value(
+            &text,
+            r#"probe_http_status_code{location="eu",probe="p",step="cart"}"#,
+            "500",
+        );
+        // The skipped step was not observed: still only run 1's sample.
+        assert_value(
+            &text,
+            r#"probe_step_duration_seconds_count{location="eu",probe="p",step="checkout",type="http"}"#,
+            "1",
+        );
+        // No certificate this run: the last known expiry stays.
+        assert_value(
+            &text,
+            r#"probe_ssl_earliest_cert_expiry{location="eu",probe="p"}"#,
+            "1800000000",
+        );
+
+        // 3: timeout in login, no response, the rest skipped.
+        let mut timeout = run(
+            Outcome::Timeout,
+            Outcome::Timeout,
+            2000,
+            vec![
+                step("login", Outcome::Timeout, 2000, None),
+                StepResult::skipped("cart"),
+                StepResult::skipped("checkout"),
+            ],
+        );
+        timeout.error = Some("probe timed out after 2s".to_string());
+        m.record_run(&timeout, None);
+        let text = m.render();
+        assert_value(
+            &text,
+            r#"probe_http_status_code{location="eu",probe="p",step="login"}"#,
+            "0",
+        );
+        assert_value(
+            &text,
+            r#"probe_http_status_code{location="eu",probe="p",step="cart"}"#,
+            "0",
+        );
+        // Last-run phase gauges of a step without an exchange are gone, not stale.
+        assert!(
+            !text
+                .lines()
+                .any(|l| l.starts_with("probe_http_duration_seconds{")
+                    && l.contains(r#"step="login""#)),
+            "{text}"
+        );
+        assert!(!text.contains("timed out"), "error text leaked: {text}");
+
+        // 4: pass after a retry.
+        m.record_run(&run(Outcome::Pass, Outcome::Fail, 1500, all_pass()), None);
+        let text = m.render();
+
+        let probe = r#"{location="eu",probe="p",type="http"}"#;
+        for (result, count) in [
+            ("pass", "2"),
+            ("fail", "1"),
+            ("error", "0"),
+            ("timeout", "1"),
+        ] {
+            assert_value(
+                &text,
+                &format!(
+                    r#"probe_runs_total{{location="eu",probe="p",result="{result}",type="http"}}"#
+                ),
+                count,
+            );
+        }
+        assert_value(&text, &format!("probe_success{probe}"), "1");
+        assert_value(&text, &format!("probe_first_attempt_success{probe}"), "0");
+        assert_value(&text, &format!("probe_duration_seconds{probe}"), "1.5");
+        assert_value(
+            &text,
+            &format!("probe_all_duration_seconds_count{probe}"),
+            "4",
+        );
+        assert_value(
+            &text,
+            &format!("probe_all_duration_seconds_sum{probe}"),
+            "5",
+        );
+        for (le, count) in [
+            ("0.3", "0"),
+            ("0.5", "1"),
+            ("1", "2"),
+            ("1.5", "3"),
+            ("2", "4"),
+        ] {
+            assert_value(
+                &text,
+                &format!(
+                    r#"probe_all_duration_seconds_bucket{{location="eu",probe="p",type="http",le="{le}"}}"#
+                ),
+                count,
+            );
+        }
+
+        let checkout = r#"{location="eu",probe="p",step="checkout",type="http"}"#;
+        assert_value(&text, &format!("probe_step_success{checkout}"), "1");
+        assert_value(
+            &text,
+            &format!("probe_step_duration_seconds_count{checkout}"),
+            "2",
+        );
+        assert_value(
+            &text,
+            &format!("probe_step_duration_seconds_sum{checkout}"),
+            "1",
+        );
+        let login = r#"{location="eu",probe="p",step="login",type="http"}"#;
+        assert_value(
+            &text,
+            &format!("probe_step_duration_seconds_count{login}"),
+            "4",
+        );
+        assert_value(
+            &text,
+            &format!("probe_step_duration_seconds_sum{login}"),
+            "2.75",
+        );
+
+        // Phases: back for login, observed in the three runs that had an exchange.
+        let processing = r#"{location="eu",phase="processing",probe="p",step="login"}"#;
+        assert_value(
+            &text,
+            &format!("probe_http_duration_seconds{processing}"),
+            "0.125",
+        );
+        assert_value(
+            &text,
+            &format!("probe_http_all_duration_seconds_count{processing}"),
+            "3",
+        );
+        assert_value(
+            &text,
+            &format!("probe_http_all_duration_seconds_sum{processing}"),
+            "0.375",
+        );
+        for phase in Phases::NAMES {
+            assert!(
+                value(
+                    &text,
+                    &format!(
+                        r#"probe_http_duration_seconds{{location="eu",phase="{phase}",probe="p",step="cart"}}"#
+                    )
+                )
+                .is_some(),
+                "{phase} missing in:\n{text}"
+            );
+        }
+        assert_value(
+            &text,
+            r#"probe_http_status_code{location="eu",probe="p",step="cart"}"#,
+            "201",
+        );
+        assert_value(
+            &text,
+            &format!(
+                r#"patrol_build_info{{version="{}"}}"#,
+                env!("CARGO_PKG_VERSION")
+            ),
+            "1",
+        );
+    }
+
+    #[test]
+    fn browser_steps_without_status_get_no_status_series() {
+        let m = Metrics::new("eu");
+        let mut result = run(
+            Outcome::Pass,
+            Outcome::Pass,
+            800,
+            vec![step("goto", Outcome::Pass, 800, None)],
+        );
+        result.kind = "browser".to_string();
+        m.record_run(&result, Some("canary"));
+        m.record_web_vital("p", "lcp", 0.75);
+        let text = m.render();
+        assert!(!text.contains("probe_http_status_code{"), "{text}");
+        assert_value(
+            &text,
+            r#"probe_browser_web_vital_seconds_count{location="eu",probe="p",vital="lcp"}"#,
+            "1",
+        );
+        assert_value(
+            &text,
+            r#"probe_browser_web_vital_seconds_bucket{location="eu",probe="p",vital="lcp",le="0.75"}"#,
+            "1",
+        );
+        // No track label yet.
+        assert!(!text.contains("track="), "{text}");
+    }
+
+    #[test]
+    fn forget_probe_removes_every_series_of_that_probe_only() {
+        let m = Metrics::new("eu");
+        let mut p = run(Outcome::Pass, Outcome::Pass, 500, all_pass());
+        p.steps[0].cert_not_after = Some(1_900_000_000);
+        m.record_run(&p, None);
+        let mut q = p.clone();
+        q.name = "q".to_string();
+        m.record_run(&q, None);
+        m.record_skip("p", "overlap");
+        m.record_skip("q", "overlap");
+        m.record_web_vital("p", "ttfb", 0.1);
+
+        let before = m.render();
+        assert!(before.contains(r#"probe="p""#));
+        m.forget_probe("p");
+        let after = m.render();
+        assert!(
+            !after.contains(r#"probe="p""#),
+            "left behind:\n{}",
+            after
+                .lines()
+                .filter(|l| l.contains(r#"probe="p""#))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        // q is untouched, line for line.
+        let q_lines = |text: &str| {
+            text.lines()
+                .filter(|l| l.contains(r#"probe="q""#))
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(q_lines(&before), q_lines(&after));
+        assert!(!q_lines(&after).is_empty());
+        assert_value(
+            &after,
+            r#"patrol_runs_skipped_total{probe="q",reason="overlap"}"#,
+            "1",
+        );
+        // Forgetting an unknown probe is harmless.
+        m.forget_probe("nope");
+    }
+
+    #[test]
+    fn agent_counters() {
+        let m = Metrics::new("eu");
+        let text = m.render();
+        assert_value(
+            &text,
+            r#"patrol_config_reload_total{result="success"}"#,
+            "0",
+        );
+        assert_value(
+            &text,
+            r#"patrol_config_reload_total{result="failure"}"#,
+            "0",
+        );
+        assert_value(
+            &text,
+            "patrol_config_last_reload_success_timestamp_seconds",
+            "0",
+        );
+        assert_value(
+            &text,
+            r#"patrol_deploy_verification_total{verdict="fail"}"#,
+            "0",
+        );
+
+        let before = unix_now_seconds();
+        m.record_reload(true);
+        m.record_reload(false);
+        m.record_reload(true);
+        m.record_skip("p", "overlap");
+        m.record_skip("p", "overlap");
+        m.record_skip("p", "shutdown");
+        m.run_started();
+        m.run_started();
+        m.run_finished();
+        m.record_scheduler_lag(Duration::from_millis(3));
+        m.record_scheduler_lag(Duration::from_millis(250));
+        m.record_verdict("fail");
+        m.record_rollback_action("dry_run");
+        m.record_deploy("1.2.3", "prod");
+        m.record_deploy("1.2.4", "prod");
+        let after = unix_now_seconds();
+        let text = m.render();
+
+        assert_value(
+            &text,
+            r#"patrol_config_reload_total{result="success"}"#,
+            "2",
+        );
+        assert_value(
+            &text,
+            r#"patrol_config_reload_total{result="failure"}"#,
+            "1",
+        );
+        let stamp: f64 = value(&text, "patrol_config_last_reload_success_timestamp_seconds")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_default();
+        assert!((before..=after).contains(&stamp), "{stamp}");
+        assert_value(
+            &text,
+            r#"patrol_runs_skipped_total{probe="p",reason="overlap"}"#,
+            "2",
+        );
+        assert_value(
+            &text,
+            r#"patrol_runs_skipped_total{probe="p",reason="shutdown"}"#,
+            "1",
+        );
+        assert_value(&text, "patrol_runs_in_flight", "1");
+        m.run_finished();
+        assert_value(&m.render(), "patrol_runs_in_flight", "0");
+        assert_value(&text, "patrol_scheduler_lag_seconds_count", "2");
+        assert_value(&text, "patrol_scheduler_lag_seconds_sum", "0.253");
+        assert_value(
+            &text,
+            r#"patrol_scheduler_lag_seconds_bucket{le="0.005"}"#,
+            "1",
+        );
+        assert_value(
+            &text,
+            r#"patrol_scheduler_lag_seconds_bucket{le="0.25"}"#,
+            "2",
+        );
+        assert_value(
+            &text,
+            r#"patrol_deploy_verification_total{verdict="fail"}"#,
+            "1",
+        );
+        assert_value(
+            &text,
+            r#"patrol_deploy_verification_total{verdict="pass"}"#,
+            "0",
+        );
+        assert_value(
+            &text,
+            r#"patrol_rollback_actions_total{result="dry_run"}"#,
+            "1",
+        );
+        assert_value(
+            &text,
+            r#"patrol_deploy_info{environment="prod",version="1.2.4"}"#,
+            "1",
+        );
+        assert!(!text.contains(r#"version="1.2.3""#), "{text}");
+        let deployed: f64 = value(&text, "patrol_deploy_timestamp_seconds")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_default();
+        assert!((before..=after).contains(&deployed), "{deployed}");
+    }
+}

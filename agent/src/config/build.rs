@@ -487,6 +487,7 @@ fn probe(
     let mut tags = Vec::new();
     let mut locations = Vec::new();
     let mut schedule = None;
+    let mut tz = None;
     let mut steps_node = None;
     let mut ok = true;
     for (key, _, v) in &entries {
@@ -544,7 +545,7 @@ fn probe(
             }
             "tags" => tags = w.strings(v, "tags"),
             "locations" => locations = w.strings(v, "locations"),
-            "schedule" => schedule = parse_schedule(w, v),
+            "schedule" => (schedule, tz) = parse_schedule(w, v),
             "steps" => steps_node = Some(*v),
             "description" => {
                 w.string(v, "description");
@@ -577,14 +578,48 @@ fn probe(
         tags,
         locations,
         schedule,
+        tz,
     })
 }
 
-fn parse_schedule(w: &mut Walker<'_>, node: &Node<'_>) -> Option<Schedule> {
-    let entries = w.map(node, "schedule", &SCHEDULE_KEYS, &[])?;
+fn parse_schedule(
+    w: &mut Walker<'_>,
+    node: &Node<'_>,
+) -> (Option<Schedule>, Option<chrono_tz::Tz>) {
+    let Some(entries) = w.map(node, "schedule", &SCHEDULE_KEYS, &[]) else {
+        return (None, None);
+    };
     let cron = entries.iter().find(|(k, _, _)| k == "cron");
     let every = entries.iter().find(|(k, _, _)| k == "every");
-    match (cron, every) {
+    let tz = entries
+        .iter()
+        .find(|(k, _, _)| k == "tz")
+        .and_then(|(_, _, v)| {
+            let name = w.string(v, "tz")?;
+            match name.parse::<chrono_tz::Tz>() {
+                Ok(tz) => Some(tz),
+                Err(_) => {
+                    w.error(
+                        v,
+                        format!("unknown time zone `{name}`"),
+                        "use an IANA name like UTC, Europe/Berlin or America/New_York",
+                    );
+                    None
+                }
+            }
+        });
+    if tz.is_some() && every.is_some() {
+        let (_, k, _) = entries
+            .iter()
+            .find(|(k, _, _)| k == "tz")
+            .expect("tz was found above");
+        w.error(
+            k,
+            "`tz` only applies to cron schedules",
+            "remove `tz`, or use `cron:`",
+        );
+    }
+    let schedule = match (cron, every) {
         (Some(_), Some(_)) | (None, None) => {
             w.error(
                 node,
@@ -593,9 +628,9 @@ fn parse_schedule(w: &mut Walker<'_>, node: &Node<'_>) -> Option<Schedule> {
             );
             None
         }
-        (Some((_, _, v)), None) => {
-            let expr = w.string(v, "cron")?;
-            match parse_cron(&expr) {
+        (Some((_, _, v)), None) => w
+            .string(v, "cron")
+            .and_then(|expr| match parse_cron(&expr) {
                 Ok(s) => Some(Schedule::Cron {
                     expr,
                     schedule: Box::new(s),
@@ -604,10 +639,10 @@ fn parse_schedule(w: &mut Walker<'_>, node: &Node<'_>) -> Option<Schedule> {
                     w.error_in(v, e.offset, e.width, e.message, Some(e.help));
                     None
                 }
-            }
-        }
+            }),
         (None, Some((_, _, v))) => w.duration(v, "every").map(Schedule::Every),
-    }
+    };
+    (schedule, tz)
 }
 
 /// Names captured by each step, by step index.

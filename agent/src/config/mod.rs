@@ -74,6 +74,8 @@ pub struct ProbeConfig {
     pub locations: Vec<String>,
     /// When it runs on its own; `None` = on demand only.
     pub schedule: Option<Schedule>,
+    /// Time zone of a cron schedule; UTC when `None`.
+    pub tz: Option<chrono_tz::Tz>,
 }
 
 /// The `verify:` section (rollback criteria, thresholds, baseline, action).

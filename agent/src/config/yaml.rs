@@ -64,19 +64,6 @@ impl<'s> Walker<'s> {
         );
     }
 
-    /// Records a warning at a node.
-    pub fn warn(&mut self, node: &Node<'_>, message: impl Into<String>, help: impl Into<String>) {
-        let width = self.width(node);
-        self.push(
-            Severity::Warning,
-            node,
-            0,
-            width,
-            message.into(),
-            Some(help.into()),
-        );
-    }
-
     /// Records an error at a byte offset inside a string scalar, pointing at the exact column
     /// when the source spells the string as parsed (no escapes, one line).
     pub fn error_in(

@@ -1,0 +1,188 @@
+//! The runner: turns run requests into results under the agent's limits — a global concurrency
+//! semaphore, the probe's own timeout plus an outer bound that aborts a hung engine, and a task
+//! per run so a panic becomes an `error` result instead of taking the agent down. Every result is
+//! recorded in the metrics and the history.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use patrol_probes::result::{Outcome, ProbeResult, StepResult};
+use patrol_probes::run::{Runtime, run_probe};
+use patrol_probes::spec::ProbeSpec;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::history::History;
+use crate::metrics::Metrics;
+use crate::scheduler::InFlight;
+
+/// Why a run happens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// Its schedule fired; the scheduler marked it in flight.
+    Schedule,
+    /// `POST /api/v1/runs` or a deploy hook.
+    Api,
+}
+
+/// One run to carry out.
+#[derive(Debug, Clone)]
+pub struct RunRequest {
+    /// What to run.
+    pub probe: Arc<ProbeSpec>,
+    /// Why.
+    pub trigger: Trigger,
+    /// The `track` label (stable, canary, baseline), when the run belongs to one.
+    pub track: Option<String>,
+}
+
+/// Runs probes for the agent; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Runner {
+    permits: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
+    history: Arc<History>,
+    in_flight: InFlight,
+    tracker: TaskTracker,
+    cancel: CancellationToken,
+}
+
+impl Runner {
+    /// A runner allowing `max_concurrency` runs at once.
+    pub fn new(
+        max_concurrency: usize,
+        metrics: Arc<Metrics>,
+        history: Arc<History>,
+        in_flight: InFlight,
+    ) -> Runner {
+        Runner {
+            permits: Arc::new(Semaphore::new(max_concurrency.max(1))),
+            metrics,
+            history,
+            in_flight,
+            tracker: TaskTracker::new(),
+            cancel: CancellationToken::new(),
+        }
+    }
+
+    /// Starts a run; the handle yields its (recorded) result.
+    pub fn spawn(&self, request: RunRequest, runtime: Runtime) -> JoinHandle<Arc<ProbeResult>> {
+        let this = self.clone();
+        self.tracker
+            .spawn(async move { this.run(request, runtime).await })
+    }
+
+    async fn run(self, request: RunRequest, runtime: Runtime) -> Arc<ProbeResult> {
+        let spec = Arc::clone(&request.probe);
+        let permit = tokio::select! {
+            p = Arc::clone(&self.permits).acquire_owned() => p.ok(),
+            () = self.cancel.cancelled() => None,
+        };
+        let result = match permit {
+            None => stopped(&spec, "the agent shut down before the run started"),
+            Some(_permit) => {
+                self.metrics.run_started();
+                let result = self.run_isolated(&spec, runtime).await;
+                self.metrics.run_finished();
+                result
+            }
+        };
+        if request.trigger == Trigger::Schedule {
+            self.in_flight.finish(&spec.name);
+        }
+        let result = Arc::new(result);
+        if !self.cancel.is_cancelled() {
+            self.metrics.record_run(&result, request.track.as_deref());
+            self.history.record(Arc::clone(&result));
+        }
+        tracing::info!(
+            probe = %result.name,
+            result = %result.result,
+            duration_ms = result.duration.as_millis() as u64,
+            attempts = result.attempts,
+            "Probe run completed."
+        );
+        result
+    }
+
+    /// Runs the probe in its own task: a panic or a hang past every deadline becomes a result.
+    async fn run_isolated(&self, spec: &Arc<ProbeSpec>, runtime: Runtime) -> ProbeResult {
+        let task_spec = Arc::clone(spec);
+        let mut task = tokio::spawn(async move { run_probe(&task_spec, &runtime).await });
+        let limit = outer_limit(spec);
+        tokio::select! {
+            joined = tokio::time::timeout(limit, &mut task) => match joined {
+                Ok(Ok(result)) => result,
+                Ok(Err(e)) if e.is_panic() => {
+                    tracing::error!(probe = %spec.name, "Probe engine panicked.");
+                    stopped(spec, "internal error: the probe engine panicked (the agent carries on)")
+                }
+                Ok(Err(_)) => stopped(spec, "the run was cancelled"),
+                Err(_) => {
+                    task.abort();
+                    tracing::error!(probe = %spec.name, limit_ms = limit.as_millis() as u64, "Probe run hung past its deadline and was aborted.");
+                    let mut r = stopped(spec, &format!("the run did not finish within {} and was aborted", humantime::format_duration(limit)));
+                    r.result = Outcome::Timeout;
+                    r.first_attempt = Outcome::Timeout;
+                    r
+                }
+            },
+            () = self.cancel.cancelled() => {
+                task.abort();
+                stopped(spec, "the agent shut down before the run finished")
+            }
+        }
+    }
+
+    /// Stops starting new work and waits up to `grace` for runs in flight; the rest are
+    /// cancelled. Returns how many were cancelled.
+    pub async fn shutdown(&self, grace: Duration) -> usize {
+        self.tracker.close();
+        if tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_ok()
+        {
+            return 0;
+        }
+        let stragglers = self.tracker.len();
+        tracing::warn!(
+            runs = stragglers,
+            grace_ms = grace.as_millis() as u64,
+            "Runs still in flight after the grace period were cancelled."
+        );
+        self.cancel.cancel();
+        self.tracker.wait().await;
+        stragglers
+    }
+}
+
+/// The longest a run may take: every attempt's timeout, every backoff, and a second of slack.
+fn outer_limit(spec: &ProbeSpec) -> Duration {
+    let attempts = spec.retries + 1;
+    let backoffs: Duration = (0..spec.retries)
+        .map(|i| spec.retry_backoff.saturating_mul(1 << i.min(6)))
+        .sum();
+    spec.timeout.saturating_mul(attempts) + backoffs + Duration::from_secs(1)
+}
+
+/// A result for a run that never produced one of its own.
+fn stopped(spec: &ProbeSpec, why: &str) -> ProbeResult {
+    ProbeResult {
+        name: spec.name.clone(),
+        kind: spec.type_name().to_string(),
+        result: Outcome::Error,
+        duration: Duration::ZERO,
+        attempts: 1,
+        first_attempt: Outcome::Error,
+        started_at_ms: chrono::Utc::now().timestamp_millis(),
+        steps: spec
+            .step_names()
+            .into_iter()
+            .map(StepResult::skipped)
+            .collect(),
+        retried: Vec::new(),
+        error: Some(why.to_string()),
+    }
+}

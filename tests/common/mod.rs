@@ -1,0 +1,461 @@
+//! Shared helpers for Patrol's end-to-end tests: the reference shop on `127.0.0.1:0`, configs in
+//! a temp dir, the real `patrol` binary run as a child process (so the in-process shop keeps
+//! serving on the test's runtime), and readers for its JSON report, JUnit XML and console text.
+//!
+//! Layout:
+//! - running: [`shop`], [`Scratch`], [`Patrol`], [`Run`], [`verify`]
+//! - reading: [`probe`], [`step`], [`names`], [`parse_junit`], [`millis`]
+//! - golden files: [`normalise_console`], [`assert_golden`]
+
+// Each test file uses a different subset of these helpers.
+#![allow(dead_code)]
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use citadel_shop::Shop;
+use quick_xml::XmlVersion;
+use quick_xml::events::{BytesStart, Event};
+use serde_json::Value;
+
+/// Upper bound on one `patrol` run, so a hung binary fails its test instead of hanging the suite.
+const RUN_LIMIT: Duration = Duration::from_secs(60);
+
+/// The workspace root (the tests live in `<root>/tests`, the crate in `<root>/agent`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("agent/ sits inside the workspace")
+        .to_path_buf()
+}
+
+/// `tests/golden/<name>`.
+pub fn golden(name: &str) -> PathBuf {
+    workspace_root().join("tests/golden").join(name)
+}
+
+/// A fresh reference shop on a free loopback port, serving until dropped.
+pub async fn shop() -> Shop {
+    let addr = "127.0.0.1:0".parse().expect("a literal socket address");
+    Shop::start(addr)
+        .await
+        .expect("the shop binds a free loopback port")
+}
+
+/// A loopback port nobody listens on (bound, then released).
+pub fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("bound address").port()
+}
+
+/// A temp dir for one test's configs and reports; removed on drop.
+#[derive(Debug)]
+pub struct Scratch {
+    dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    /// A new empty directory.
+    pub fn new() -> Scratch {
+        Scratch {
+            dir: tempfile::tempdir().expect("create a temp dir"),
+        }
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A path inside the directory (not created).
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Writes `text` to `name` inside the directory and returns its path.
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.file(name);
+        std::fs::write(&path, text).expect("write into the temp dir");
+        path
+    }
+
+    /// Reads a file the run wrote, failing the test when it is missing.
+    pub fn read(&self, name: &str) -> String {
+        let path = self.file(name);
+        std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("patrol should have written {}: {e}", path.display()))
+    }
+}
+
+/// One finished `patrol` process.
+#[derive(Debug)]
+pub struct Run {
+    /// Exit code; `None` when killed by a signal.
+    pub code: Option<i32>,
+    /// Everything on stdout.
+    pub stdout: String,
+    /// Everything on stderr.
+    pub stderr: String,
+    /// Wall time of the process.
+    pub elapsed: Duration,
+}
+
+impl Run {
+    /// Fails the test, showing both streams, unless the exit code is `code`.
+    pub fn assert_code(&self, code: i32) -> &Run {
+        assert_eq!(
+            self.code,
+            Some(code),
+            "patrol exited with {:?}, expected {code}\n--- stdout\n{}\n--- stderr\n{}",
+            self.code,
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+
+    /// Both streams, for assertion messages.
+    pub fn output(&self) -> String {
+        format!("--- stdout\n{}\n--- stderr\n{}", self.stdout, self.stderr)
+    }
+}
+
+/// A `patrol` command line under construction; runs with `tokio::process` so the test's runtime
+/// (and the shop on it) keeps going while the child runs.
+#[derive(Debug)]
+pub struct Patrol {
+    command: tokio::process::Command,
+}
+
+impl Patrol {
+    /// `patrol <args>` with a predictable environment: no colour, default logging.
+    pub fn new<I, S>(args: I) -> Patrol
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_patrol"));
+        command
+            .args(args)
+            .env("NO_COLOR", "1")
+            .env_remove("PATROL_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        Patrol { command }
+    }
+
+    /// Adds arguments.
+    pub fn args<I, S>(mut self, args: I) -> Patrol
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.command.args(args);
+        self
+    }
+
+    /// Sets an environment variable of the child only.
+    pub fn env(mut self, name: &str, value: impl AsRef<OsStr>) -> Patrol {
+        self.command.env(name, value);
+        self
+    }
+
+    /// Removes an environment variable from the child only.
+    pub fn env_remove(mut self, name: &str) -> Patrol {
+        self.command.env_remove(name);
+        self
+    }
+
+    /// Runs in `dir`.
+    pub fn current_dir(mut self, dir: impl AsRef<Path>) -> Patrol {
+        self.command.current_dir(dir);
+        self
+    }
+
+    /// Runs to completion (killing it after [`RUN_LIMIT`]).
+    pub async fn run(mut self) -> Run {
+        let started = Instant::now();
+        let child = self.command.spawn().expect("spawn the patrol binary");
+        let output = tokio::time::timeout(RUN_LIMIT, child.wait_with_output())
+            .await
+            .unwrap_or_else(|_| panic!("patrol did not finish within {RUN_LIMIT:?}"))
+            .expect("wait for patrol");
+        Run {
+            code: output.status.code(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+            elapsed: started.elapsed(),
+        }
+    }
+}
+
+/// A `patrol verify` run with its JSON report.
+#[derive(Debug)]
+pub struct Verified {
+    /// The process.
+    pub run: Run,
+    /// The parsed `--report-json` file.
+    pub report: Value,
+    /// Where the config and reports are (kept alive for further reads).
+    pub scratch: Scratch,
+}
+
+/// The config file for `probes` (a YAML list, indented as under `probes:`), with the var `api`
+/// pointing at `shop`.
+pub fn config_for(shop: &Shop, probes: &str) -> String {
+    format!("vars:\n  api: {}\nprobes:\n{probes}", shop.url())
+}
+
+/// Writes [`config_for`]`(shop, probes)` and runs `patrol verify` on it with `extra` arguments,
+/// a JSON report and a JUnit report (`report.json`, `junit.xml` in the scratch dir).
+pub async fn verify(shop: &Shop, probes: &str, extra: &[&str]) -> Verified {
+    let scratch = Scratch::new();
+    let config = scratch.write("patrol.yaml", &config_for(shop, probes));
+    let run = Patrol::new(["verify", "--config"])
+        .arg_path(&config)
+        .args(["--report-json", "report.json", "--junit", "junit.xml"])
+        .args(extra)
+        .current_dir(scratch.path())
+        .run()
+        .await;
+    let text = scratch.read("report.json");
+    let report = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("the JSON report does not parse ({e}):\n{text}"));
+    Verified {
+        run,
+        report,
+        scratch,
+    }
+}
+
+impl Patrol {
+    /// Adds a path argument.
+    pub fn arg_path(self, path: &Path) -> Patrol {
+        self.args([path.as_os_str()])
+    }
+}
+
+/// The probe called `name` in a JSON report.
+pub fn probe<'r>(report: &'r Value, name: &str) -> &'r Value {
+    report["probes"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["name"] == name))
+        .unwrap_or_else(|| panic!("no probe `{name}` in the report:\n{report:#}"))
+}
+
+/// The step called `name` of a probe in a JSON report.
+pub fn step<'r>(probe: &'r Value, name: &str) -> &'r Value {
+    probe["steps"]
+        .as_array()
+        .and_then(|ss| ss.iter().find(|s| s["name"] == name))
+        .unwrap_or_else(|| panic!("no step `{name}` in the probe:\n{probe:#}"))
+}
+
+/// The `name` of every item of a JSON array.
+pub fn names(items: &Value) -> Vec<String> {
+    items
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|i| i["name"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A duration as the reports print it (`305ms`, `1.02s`, `0.85ms`), in milliseconds.
+pub fn millis(text: &str) -> f64 {
+    let parsed = if let Some(ms) = text.strip_suffix("ms") {
+        ms.parse::<f64>().ok()
+    } else {
+        text.strip_suffix('s')
+            .and_then(|s| s.parse::<f64>().ok())
+            .map(|s| s * 1000.0)
+    };
+    parsed.unwrap_or_else(|| panic!("`{text}` is not a duration"))
+}
+
+/// One `<testsuite>` of a JUnit report.
+#[derive(Debug, Default)]
+pub struct Suite {
+    /// `name` attribute.
+    pub name: String,
+    /// Every attribute, in order.
+    pub attributes: Vec<(String, String)>,
+    /// The `<testcase>`s.
+    pub cases: Vec<Case>,
+}
+
+/// One `<testcase>` of a JUnit report.
+#[derive(Debug, Default)]
+pub struct Case {
+    /// `name` attribute.
+    pub name: String,
+    /// `classname` attribute.
+    pub classname: String,
+    /// Child elements that say it did not pass (`failure`, `error`, `skipped`), with their
+    /// `message` attribute.
+    pub outcomes: Vec<(String, String)>,
+}
+
+impl Suite {
+    /// An attribute's value.
+    pub fn attribute(&self, name: &str) -> Option<&str> {
+        self.attributes
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Parses a JUnit report, failing the test unless it is well-formed XML rooted at
+/// `<testsuites>`.
+pub fn parse_junit(xml: &str) -> Vec<Suite> {
+    let mut reader = quick_xml::Reader::from_str(xml);
+    let mut open: Vec<String> = Vec::new();
+    let mut suites: Vec<Suite> = Vec::new();
+    let mut root = None;
+    loop {
+        let event = reader
+            .read_event()
+            .unwrap_or_else(|e| panic!("JUnit is not well-formed XML ({e}):\n{xml}"));
+        let (element, empty) = match &event {
+            Event::Start(e) => (e, false),
+            Event::Empty(e) => (e, true),
+            Event::End(e) => {
+                let name = String::from_utf8_lossy(e.name().as_ref()).into_owned();
+                assert_eq!(
+                    open.pop().as_deref(),
+                    Some(name.as_str()),
+                    "unbalanced JUnit XML"
+                );
+                continue;
+            }
+            Event::Eof => break,
+            _ => continue,
+        };
+        let name = String::from_utf8_lossy(element.name().as_ref()).into_owned();
+        root.get_or_insert_with(|| name.clone());
+        let attributes = attributes(element);
+        let attr = |n: &str| {
+            attributes
+                .iter()
+                .find(|(k, _)| k == n)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        };
+        let parent = open.last().map(String::as_str);
+        match (name.as_str(), parent) {
+            ("testsuite", Some("testsuites")) => {
+                suites.push(Suite {
+                    name: attr("name"),
+                    attributes: attributes.clone(),
+                    cases: vec![],
+                });
+            }
+            ("testcase", Some("testsuite")) => {
+                let suite = suites
+                    .last_mut()
+                    .expect("a testcase sits inside a testsuite");
+                suite.cases.push(Case {
+                    name: attr("name"),
+                    classname: attr("classname"),
+                    outcomes: Vec::new(),
+                });
+            }
+            ("failure" | "error" | "skipped", Some("testcase")) => {
+                let case = suites
+                    .last_mut()
+                    .and_then(|s| s.cases.last_mut())
+                    .expect("an outcome sits inside a testcase");
+                case.outcomes.push((name.clone(), attr("message")));
+            }
+            _ => {}
+        }
+        if !empty {
+            open.push(name);
+        }
+    }
+    assert!(
+        open.is_empty(),
+        "JUnit XML ends with unclosed elements {open:?}"
+    );
+    assert_eq!(root.as_deref(), Some("testsuites"), "JUnit root element");
+    suites
+}
+
+fn attributes(element: &BytesStart<'_>) -> Vec<(String, String)> {
+    element
+        .attributes()
+        .map(|a| {
+            let a = a.expect("well-formed attribute");
+            let value = a
+                .normalized_value(XmlVersion::Implicit1_0)
+                .expect("attribute value unescapes");
+            (
+                String::from_utf8_lossy(a.key.as_ref()).into_owned(),
+                value.into_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Console text made comparable across runs: the shop's address becomes `<shop>`, and every
+/// duration (`2.93ms`, `1.00s`) becomes `<dur>`. A duration right-aligned in a column (the
+/// `{:>8}` fields after a name or status) keeps its column: its padding and number become
+/// `<dur>` right-aligned in the same width. Elsewhere ("in 12ms", "actual:   305ms") the padding
+/// is kept and only the number is replaced, so the layout stays exactly what patrol printed.
+pub fn normalise_console(text: &str, shop: &Shop) -> String {
+    /// Two spaces of separator plus an 8-wide field.
+    const COLUMN: usize = 10;
+    let text = text.replace(&shop.addr().to_string(), "<shop>");
+    let duration =
+        regex::Regex::new(r"( +)(\d+(?:\.\d+)?(?:ms|s)|\d+m \d+s)\b").expect("a valid regex");
+    duration
+        .replace_all(&text, |c: &regex::Captures<'_>| {
+            let (pad, number) = (&c[1], &c[2]);
+            let width = pad.len() + number.len();
+            if pad.len() >= 2 && width >= COLUMN {
+                format!("{:>width$}", "<dur>")
+            } else {
+                format!("{pad}<dur>")
+            }
+        })
+        .into_owned()
+}
+
+/// Compares `actual` with the golden file at `path`; with `PATROL_BLESS=1` rewrites the file
+/// instead. The failure message shows the first differing line.
+pub fn assert_golden(path: &Path, actual: &str) {
+    if std::env::var_os("PATROL_BLESS").is_some_and(|v| v == "1") {
+        std::fs::write(path, actual).expect("write the golden file");
+        return;
+    }
+    let expected = std::fs::read_to_string(path).unwrap_or_else(|e| {
+        panic!(
+            "cannot read {} ({e}); run with PATROL_BLESS=1 to create it",
+            path.display()
+        )
+    });
+    if expected == actual {
+        return;
+    }
+    let first = expected
+        .lines()
+        .zip(actual.lines())
+        .position(|(e, a)| e != a)
+        .unwrap_or_else(|| expected.lines().count().min(actual.lines().count()));
+    panic!(
+        "output differs from {} at line {}:\n  expected: {:?}\n  actual:   {:?}\n\
+         --- full actual output\n{actual}\n--- (PATROL_BLESS=1 rewrites the golden file)",
+        path.display(),
+        first + 1,
+        expected.lines().nth(first).unwrap_or("<end of file>"),
+        actual.lines().nth(first).unwrap_or("<end of output>"),
+    );
+}
