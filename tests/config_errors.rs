@@ -180,3 +180,25 @@ async fn a_missing_config_file_is_a_usage_error() {
         run.output()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_problem_in_a_multi_line_quoted_string_with_non_ascii_text_is_reported() {
+    // The first source line of the string ends inside a two-byte character, which once made
+    // the column arithmetic slice through it and panic.
+    let scratch = common::Scratch::new();
+    let config = scratch.write(
+        "patrol.yaml",
+        "probes:\n  - name: a\n    steps:\n      - request:\n          url: \"{{ nope }}/café\n            /x\"\n",
+    );
+    let run = Patrol::new(["validate", "--config"])
+        .arg_path(&config)
+        .run()
+        .await;
+    run.assert_code(2);
+    assert!(
+        run.stderr
+            .contains(":5:16: error: undefined variable `nope`"),
+        "{}",
+        run.output()
+    );
+}

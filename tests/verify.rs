@@ -1,8 +1,8 @@
-//! End-to-end tests of `patrol verify` and `patrol demo`: the real binary against the reference
-//! shop on 127.0.0.1:0. Covers the example suite passing (exit code, JSON and JUnit reports),
-//! every shop fault kind mapped to the right step result (fail, timeout, error) with later steps
-//! skipped, retries, evaluation of every assertion, captures across steps, probe selection with
-//! `--tag`/`--probe`, redirects and the cookie jar, and the response body cap.
+//! End-to-end tests of `patrol verify` and `patrol demo --once`: the real binary against the
+//! reference shop on 127.0.0.1:0. Covers the example suite passing (exit code, JSON and JUnit
+//! reports), every shop fault kind mapped to the right step result (fail, timeout, error) with
+//! later steps skipped, retries, evaluation of every assertion, captures across steps, probe
+//! selection with `--tag`/`--probe`, redirects and the cookie jar, and the response body cap.
 
 mod common;
 
@@ -113,8 +113,9 @@ async fn example_suite_passes_against_the_shop() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn demo_starts_its_own_shop_and_passes() {
-    let run = Patrol::new(["demo"]).run().await;
+async fn demo_once_starts_its_own_shop_and_passes() {
+    // Plain `patrol demo` keeps an agent running; `--once` verifies the example suite and exits.
+    let run = Patrol::new(["demo", "--once"]).run().await;
     run.assert_code(0);
     let pass_lines = run
         .stdout

@@ -36,9 +36,13 @@ pub struct Loaded {
 }
 
 impl Loaded {
-    fn new(config: Config) -> anyhow::Result<Loaded> {
-        let masker = config.masker();
+    fn new(mut config: Config, options: &RunOptions) -> anyhow::Result<Loaded> {
+        for (name, value) in &options.vars {
+            config.set_var(name, value);
+        }
+        let masker = config.masker().with(options.secrets.iter().cloned());
         let api_token = match &config.agent.api_token {
+            _ if options.api_token.is_some() => options.api_token.clone(),
             None => None,
             Some(t) => {
                 let token = t
@@ -89,7 +93,7 @@ pub struct AgentState {
     pub next_runs: NextRuns,
     /// True once the config is loaded and the scheduler runs.
     pub ready: AtomicBool,
-    config_path: PathBuf,
+    options: RunOptions,
     in_flight: InFlight,
     scheduler: tokio::sync::Mutex<SchedulerSlot>,
     events: mpsc::Sender<SchedulerEvent>,
@@ -120,15 +124,15 @@ impl AgentState {
     /// the running config stays in force.
     pub async fn reload(&self) -> Result<usize, String> {
         let mut slot = self.scheduler.lock().await;
-        let outcome = match config::load(&self.config_path) {
+        let outcome = match config::load(&self.options.config) {
             Err(report) => Err(report.to_string()),
-            Ok((config, _)) => Loaded::new(config).map_err(|e| format!("{e:#}")),
+            Ok((config, _)) => Loaded::new(config, &self.options).map_err(|e| format!("{e:#}")),
         };
         let next = match outcome {
             Ok(next) => Arc::new(next),
             Err(errors) => {
                 self.metrics.record_reload(false);
-                tracing::error!(config = %self.config_path.display(), errors = %errors, "Config reload refused; the previous config keeps running.");
+                tracing::error!(config = %self.options.config.display(), errors = %errors, "Config reload refused; the previous config keeps running.");
                 return Err(errors);
             }
         };
@@ -143,6 +147,8 @@ impl AgentState {
         let names: Vec<&str> = next.probes.iter().map(|p| p.spec.name.as_str()).collect();
         self.history.retain_probes(&names);
         let count = next.probes.len();
+        self.runner
+            .set_current(next.probes.iter().map(|p| p.spec.name.clone()));
         self.swap(Arc::clone(&next));
         slot.cancel.cancel();
         slot.cancel = start_scheduler(
@@ -152,7 +158,7 @@ impl AgentState {
             self.events.clone(),
         );
         self.metrics.record_reload(true);
-        tracing::info!(config = %self.config_path.display(), probes = count, "Config reloaded.");
+        tracing::info!(config = %self.options.config.display(), probes = count, "Config reloaded.");
         Ok(count)
     }
 
@@ -203,6 +209,16 @@ pub struct RunOptions {
     pub listen: Option<SocketAddr>,
     /// How long in-flight runs may finish after SIGTERM.
     pub grace: Duration,
+    /// Vars set from the command line (`--var`), applied on every (re)load.
+    pub vars: Vec<(String, String)>,
+    /// Extra values to mask (the demo's test password).
+    pub secrets: Vec<String>,
+    /// Replaces `agent.api_token` (the demo makes one up).
+    pub api_token: Option<String>,
+    /// Print config warnings at start-up.
+    pub show_warnings: bool,
+    /// Run every probe once at start-up, before its first scheduled time (the demo).
+    pub run_at_start: bool,
 }
 
 /// Refuses configs that would expose the control API: a non-loopback listen needs a token.
@@ -225,14 +241,14 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let config = match config::load(&options.config) {
         Ok((config, warnings)) => {
-            if warnings.warnings().next().is_some() {
+            if options.show_warnings && warnings.warnings().next().is_some() {
                 eprintln!("{warnings}");
             }
             config
         }
         Err(report) => anyhow::bail!("{report}"),
     };
-    let loaded = Arc::new(Loaded::new(config)?);
+    let loaded = Arc::new(Loaded::new(config, &options)?);
     let listen = options.listen.unwrap_or(loaded.config.agent.listen);
     check_exposure(&loaded, listen)?;
     let metrics = Arc::new(Metrics::new(&loaded.config.agent.location));
@@ -244,6 +260,7 @@ pub async fn run(
         Arc::clone(&history),
         in_flight.clone(),
     );
+    runner.set_current(loaded.probes.iter().map(|p| p.spec.name.clone()));
     let (events_tx, mut events_rx) = mpsc::channel::<SchedulerEvent>(1024);
     let next_runs = NextRuns::default();
     let cancel = start_scheduler(
@@ -261,7 +278,7 @@ pub async fn run(
         runs: RunStore::default(),
         next_runs,
         ready: AtomicBool::new(false),
-        config_path: options.config.clone(),
+        options: options.clone(),
         in_flight: in_flight.clone(),
         scheduler: tokio::sync::Mutex::new(SchedulerSlot { cancel }),
         events: events_tx,
@@ -314,6 +331,11 @@ pub async fn run(
             }
         })
     };
+    if options.run_at_start {
+        for probe in &loaded.probes {
+            drop(state.run_now(probe, None));
+        }
+    }
     state.ready.store(true, Ordering::SeqCst);
     tracing::info!(listen = %bound, probes = loaded.probes.len(), location = %loaded.config.agent.location, "Agent started.");
     on_listening(bound);

@@ -1,13 +1,16 @@
-//! `patrol demo`: starts the bundled reference shop on loopback and runs the example CitadelBuy
-//! suite against it, so a new user sees a real report with one command.
+//! `patrol demo`: starts the bundled reference shop on loopback and an agent probing it with the
+//! example CitadelBuy suite, and prints where to look. `--once` runs the suite a single time as
+//! `patrol verify` would and exits with its code.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use citadel_shop::Shop;
 use patrol_probes::template::Masker;
 
 use crate::config;
+use crate::daemon::{self, RunOptions};
 use crate::verify::Selection;
 use crate::{Outputs, run_and_report};
 
@@ -15,15 +18,47 @@ use crate::{Outputs, run_and_report};
 const EXAMPLE: &str = include_str!("../../examples/citadelbuy.yaml");
 const EXAMPLE_NAME: &str = "examples/citadelbuy.yaml";
 
-/// Runs the demo; the exit code is the verify run's.
-pub async fn run(shop_listen: SocketAddr, verbose: bool) -> ExitCode {
-    let shop = match Shop::start(shop_listen).await {
+/// What `patrol demo` was asked to do.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// Shop address.
+    pub shop_listen: SocketAddr,
+    /// Agent address.
+    pub listen: SocketAddr,
+    /// Verify once and exit.
+    pub once: bool,
+    /// Verbose report (with `once`).
+    pub verbose: bool,
+}
+
+/// Runs the demo.
+pub async fn run(options: DemoOptions) -> ExitCode {
+    let shop = match Shop::start(options.shop_listen).await {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("error: cannot start the demo shop on {shop_listen}: {e}");
+            eprintln!(
+                "error: cannot start the demo shop on {}: {e}",
+                options.shop_listen
+            );
             return ExitCode::from(2);
         }
     };
+    let password = citadel_shop::catalog::TEST_USER_PASSWORD.to_string();
+    let vars = vec![
+        ("api".to_string(), shop.url()),
+        ("smoke_password".to_string(), password.clone()),
+    ];
+    println!("Reference shop: {}", shop.url());
+    let code = if options.once {
+        once(&vars, &password, options.verbose).await
+    } else {
+        agent(&vars, &password, options.listen).await
+    };
+    shop.shutdown().await;
+    code
+}
+
+async fn once(vars: &[(String, String)], password: &str, verbose: bool) -> ExitCode {
     let mut config = match config::load_str(EXAMPLE_NAME, EXAMPLE) {
         Ok((c, _warnings)) => c,
         Err(report) => {
@@ -31,23 +66,63 @@ pub async fn run(shop_listen: SocketAddr, verbose: bool) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let password = citadel_shop::catalog::TEST_USER_PASSWORD;
-    config.set_var("api", &shop.url());
-    config.set_var("smoke_password", password);
-    println!("Reference shop listening on {}", shop.url());
-    println!("Running {EXAMPLE_NAME} against it (the test password is masked as ***):\n");
+    for (name, value) in vars {
+        config.set_var(name, value);
+    }
+    println!("Running {EXAMPLE_NAME} once (the test password is masked as ***):\n");
     let outputs = Outputs {
         config_name: EXAMPLE_NAME.into(),
         verbose,
         ..Outputs::default()
     };
-    let code = run_and_report(
+    run_and_report(
         &config,
         &Selection::default(),
         Masker::new([password.to_string()]),
         &outputs,
     )
-    .await;
-    shop.shutdown().await;
-    code
+    .await
+}
+
+async fn agent(vars: &[(String, String)], password: &str, listen: SocketAddr) -> ExitCode {
+    // The agent reads (and reloads) its config from a file: give it the example.
+    let dir = std::env::temp_dir().join(format!("patrol-demo-{}", std::process::id()));
+    let path = dir.join("citadelbuy.yaml");
+    if let Err(e) = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, EXAMPLE)) {
+        eprintln!(
+            "error: cannot write the demo config to {}: {e}",
+            path.display()
+        );
+        return ExitCode::from(2);
+    }
+    let token = uuid::Uuid::new_v4().simple().to_string();
+    let options = RunOptions {
+        config: path,
+        listen: Some(listen),
+        grace: Duration::from_secs(5),
+        vars: vars.to_vec(),
+        secrets: vec![password.to_string()],
+        api_token: Some(token.clone()),
+        show_warnings: false,
+        run_at_start: true,
+    };
+    let announce = |addr: SocketAddr| {
+        println!("Patrol agent probing it with {EXAMPLE_NAME}:");
+        println!("  status page  http://{addr}/");
+        println!("  metrics      http://{addr}/metrics");
+        println!("  API          http://{addr}/api/v1/probes");
+        println!(
+            "  run now      curl -X POST -H 'Authorization: Bearer {token}' http://{addr}/api/v1/runs"
+        );
+        println!("Press Ctrl-C to stop.");
+    };
+    let result = daemon::run(options, daemon::termination(), announce).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
 }

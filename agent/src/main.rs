@@ -66,13 +66,22 @@ enum Command {
         /// How long runs in flight may finish after SIGTERM/SIGINT.
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         grace: std::time::Duration,
+        /// Set or override a var (repeatable), kept across reloads.
+        #[arg(long = "var", value_name = "NAME=VALUE", value_parser = parse_var)]
+        vars: Vec<(String, String)>,
     },
-    /// Start the bundled reference shop on loopback and verify examples/citadelbuy.yaml against it.
+    /// Start the bundled reference shop and an agent probing it with examples/citadelbuy.yaml.
     Demo {
         /// Address for the shop.
         #[arg(long, default_value = "127.0.0.1:0")]
         shop_listen: std::net::SocketAddr,
-        /// Show request and response detail for every step.
+        /// Address for the agent (status page, /metrics, API).
+        #[arg(long, default_value = "127.0.0.1:9464")]
+        listen: std::net::SocketAddr,
+        /// Run the suite once, print the report and exit (as `patrol verify`) instead.
+        #[arg(long)]
+        once: bool,
+        /// With --once: show request and response detail for every step.
         #[arg(long, short)]
         verbose: bool,
     },
@@ -129,11 +138,17 @@ fn main() -> ExitCode {
             config,
             listen,
             grace,
+            vars,
         } => with_runtime(async move {
             let options = daemon::RunOptions {
                 config,
                 listen,
                 grace,
+                vars,
+                secrets: Vec::new(),
+                api_token: None,
+                show_warnings: true,
+                run_at_start: false,
             };
             let on_listening = |addr| println!("patrol agent listening on http://{addr}");
             match daemon::run(options, daemon::termination(), on_listening).await {
@@ -146,8 +161,15 @@ fn main() -> ExitCode {
         }),
         Command::Demo {
             shop_listen,
+            listen,
+            once,
             verbose,
-        } => with_runtime(demo::run(shop_listen, verbose)),
+        } => with_runtime(demo::run(demo::DemoOptions {
+            shop_listen,
+            listen,
+            once,
+            verbose,
+        })),
     }
 }
 

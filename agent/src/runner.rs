@@ -3,7 +3,8 @@
 //! per run so a panic becomes an `error` result instead of taking the agent down. Every result is
 //! recorded in the metrics and the history.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use patrol_probes::result::{Outcome, ProbeResult, StepResult};
@@ -47,6 +48,9 @@ pub struct Runner {
     in_flight: InFlight,
     tracker: TaskTracker,
     cancel: CancellationToken,
+    /// Probes in the config in force: results of probes a reload removed are not recorded,
+    /// so their series stay gone.
+    current: Arc<RwLock<HashSet<String>>>,
 }
 
 impl Runner {
@@ -64,6 +68,23 @@ impl Runner {
             in_flight,
             tracker: TaskTracker::new(),
             cancel: CancellationToken::new(),
+            current: Arc::default(),
+        }
+    }
+
+    /// Sets the probes of the config in force.
+    pub fn set_current(&self, names: impl IntoIterator<Item = String>) {
+        let names: HashSet<String> = names.into_iter().collect();
+        match self.current.write() {
+            Ok(mut g) => *g = names,
+            Err(poisoned) => *poisoned.into_inner() = names,
+        }
+    }
+
+    fn is_current(&self, name: &str) -> bool {
+        match self.current.read() {
+            Ok(g) => g.contains(name),
+            Err(poisoned) => poisoned.into_inner().contains(name),
         }
     }
 
@@ -93,7 +114,7 @@ impl Runner {
             self.in_flight.finish(&spec.name);
         }
         let result = Arc::new(result);
-        if !self.cancel.is_cancelled() {
+        if !self.cancel.is_cancelled() && self.is_current(&result.name) {
             self.metrics.record_run(&result, request.track.as_deref());
             self.history.record(Arc::clone(&result));
         }

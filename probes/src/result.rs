@@ -97,13 +97,14 @@ impl Phases {
 pub struct AssertResult {
     /// The assertion as written in the config (templates unrendered).
     pub expr: String,
-    /// `pass`, `fail`, or `error` when the query could not be evaluated (e.g. body not JSON).
+    /// `pass`, `fail` (also when the query found nothing usable, e.g. a body that is not JSON:
+    /// `message` says why), or `error` when the values cannot be compared at all.
     pub result: Outcome,
     /// What the query found, rendered for humans; `None` when nothing was found.
     pub actual: Option<String>,
     /// The expected side, rendered (secrets masked).
     pub expected: String,
-    /// Why the query could not be evaluated, when `result` is `error`.
+    /// Why the assertion could not be judged normally (body not JSON, values not comparable).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }

@@ -213,7 +213,19 @@ impl Masker {
 
     /// A masker for these secret values (empty strings are ignored).
     pub fn new(values: impl IntoIterator<Item = String>) -> Masker {
-        let mut secrets: Vec<String> = values.into_iter().filter(|v| !v.is_empty()).collect();
+        // A secret can leave the process escaped: percent-encoded in a URL or form, escaped
+        // inside a JSON string. Each of those spellings is masked too.
+        let mut secrets: Vec<String> = values
+            .into_iter()
+            .filter(|v| !v.is_empty())
+            .flat_map(|v| {
+                let form: String = url::form_urlencoded::byte_serialize(v.as_bytes()).collect();
+                let percent = form.replace('+', "%20");
+                let json = serde_json::Value::String(v.clone()).to_string();
+                let json = json[1..json.len() - 1].to_string();
+                [v, form, percent, json]
+            })
+            .collect();
         // Longest first, so a secret that contains another is masked whole.
         secrets.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
         secrets.dedup();
@@ -481,6 +493,15 @@ mod tests {
                 .expect_err("missing")
                 .0
                 .contains("`token` has no value")
+        );
+    }
+
+    #[test]
+    fn escaped_spellings_of_a_secret_are_masked() {
+        let m = Masker::new(["a b&\"c".to_string()]);
+        assert_eq!(
+            m.mask("q=a+b%26%22c p=a%20b%26%22c j={\"k\":\"a b&\\\"c\"}"),
+            "q=*** p=*** j={\"k\":\"***\"}"
         );
     }
 

@@ -109,7 +109,7 @@ impl<'s> Walker<'s> {
         let raw = self.raw(node).trim_end().to_string();
         let quoted = raw.starts_with('"') || raw.starts_with('\'');
         let inner = if quoted && raw.len() >= 2 {
-            &raw[1..raw.len() - 1]
+            raw.get(1..raw.len() - 1).unwrap_or_default()
         } else {
             raw.as_str()
         };
