@@ -7,8 +7,8 @@ use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use patrol_probes::result::{Outcome, ProbeResult, StepResult};
-use patrol_probes::run::{Runtime, run_probe};
+use patrol_probes::result::{Outcome, ProbeResult};
+use patrol_probes::run::{Runtime, run_probe, unfinished as stopped};
 use patrol_probes::spec::ProbeSpec;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
@@ -186,24 +186,4 @@ fn outer_limit(spec: &ProbeSpec) -> Duration {
         .map(|i| spec.retry_backoff.saturating_mul(1 << i.min(6)))
         .sum();
     spec.timeout.saturating_mul(attempts) + backoffs + Duration::from_secs(1)
-}
-
-/// A result for a run that never produced one of its own.
-fn stopped(spec: &ProbeSpec, why: &str) -> ProbeResult {
-    ProbeResult {
-        name: spec.name.clone(),
-        kind: spec.type_name().to_string(),
-        result: Outcome::Error,
-        duration: Duration::ZERO,
-        attempts: 1,
-        first_attempt: Outcome::Error,
-        started_at_ms: chrono::Utc::now().timestamp_millis(),
-        steps: spec
-            .step_names()
-            .into_iter()
-            .map(StepResult::skipped)
-            .collect(),
-        retried: Vec::new(),
-        error: Some(why.to_string()),
-    }
 }

@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use patrol_probes::result::{Outcome, ProbeResult, StepResult};
-use patrol_probes::run::{Runtime, run_probe};
+use patrol_probes::result::ProbeResult;
+use patrol_probes::run::{Runtime, run_probe, unfinished};
 use tokio::sync::Semaphore;
 
 use crate::config::yaml::did_you_mean;
@@ -72,29 +72,8 @@ pub async fn run_all(
     for (task, probe) in tasks.into_iter().zip(probes) {
         results.push(match task.await {
             Ok(r) => r,
-            Err(e) => crashed(probe, &e.to_string()),
+            Err(e) => unfinished(&probe.spec, &format!("internal error: the probe crashed ({e})")),
         });
     }
     results
-}
-
-/// The result recorded when a probe's task died (a panic in an engine): an error, never a pass.
-fn crashed(probe: &ProbeConfig, why: &str) -> ProbeResult {
-    ProbeResult {
-        name: probe.spec.name.clone(),
-        kind: probe.spec.type_name().to_string(),
-        result: Outcome::Error,
-        duration: std::time::Duration::ZERO,
-        attempts: 1,
-        first_attempt: Outcome::Error,
-        started_at_ms: 0,
-        steps: probe
-            .spec
-            .step_names()
-            .into_iter()
-            .map(StepResult::skipped)
-            .collect(),
-        retried: Vec::new(),
-        error: Some(format!("internal error: the probe crashed ({why})")),
-    }
 }

@@ -11,9 +11,13 @@
 //! - [`value`]: values and their comparisons
 //! - [`result`]: probe, step and assertion results
 //! - [`http`]: the HTTP scenario engine and its phase-timing transport
+//! - [`browser`]: browser probes in headless Chromium over WebDriver, chromedriver supervised
+//! - [`artifacts`]: screenshots, page HTML and bodies of failed runs, newest N kept
 //! - [`run`]: running a probe with its timeout and retries
 
+pub mod artifacts;
 pub mod assert;
+pub mod browser;
 pub mod capture;
 pub mod http;
 pub mod query;

@@ -156,6 +156,39 @@ pub struct StepResult {
     /// Request/response detail for verbose output; not part of the JSON report.
     #[serde(skip)]
     pub exchange: Option<Exchange>,
+    /// Navigation timings of a browser `goto` step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vitals: Option<WebVitals>,
+}
+
+/// Navigation timings of one page load, in seconds from navigation start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct WebVitals {
+    /// Time to first byte.
+    pub ttfb: Option<f64>,
+    /// First contentful paint.
+    pub fcp: Option<f64>,
+    /// Largest contentful paint.
+    pub lcp: Option<f64>,
+    /// DOMContentLoaded event end.
+    pub dom_content_loaded: Option<f64>,
+    /// Load event end.
+    pub load: Option<f64>,
+}
+
+impl WebVitals {
+    /// The vitals that were measured, as (name, seconds) with the `vital` label's names.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, f64)> {
+        [
+            ("ttfb", self.ttfb),
+            ("fcp", self.fcp),
+            ("lcp", self.lcp),
+            ("dom_content_loaded", self.dom_content_loaded),
+            ("load", self.load),
+        ]
+        .into_iter()
+        .filter_map(|(n, v)| v.map(|v| (n, v)))
+    }
 }
 
 impl StepResult {
@@ -172,6 +205,7 @@ impl StepResult {
             cert_not_after: None,
             artifacts: Vec::new(),
             exchange: None,
+            vitals: None,
         }
     }
 
@@ -196,6 +230,8 @@ pub struct Attempt {
 /// The result of one run of a probe: the final attempt's steps plus every attempt's outcome.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ProbeResult {
+    /// This run's id (artifacts live under `<probe>/<id>/`).
+    pub id: String,
     /// Probe name.
     pub name: String,
     /// Probe type (`http`, `browser`, ...).

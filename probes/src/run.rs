@@ -4,6 +4,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::artifacts::{ArtifactStore, RunArtifacts};
+use crate::browser::{self, Browser};
 use crate::http::engine::{mask_step, run_steps};
 use crate::http::transport::Transport;
 use crate::result::{Attempt, Outcome, ProbeResult, StepResult};
@@ -19,6 +21,10 @@ pub struct Runtime {
     pub vars: Arc<Vec<(String, Template)>>,
     /// Secrets known before the run (every `env.`/`file.` value the config refers to).
     pub masker: Masker,
+    /// The supervised browser, when the config has browser probes.
+    pub browser: Option<Arc<Browser>>,
+    /// Where failed runs save screenshots, page HTML and response bodies.
+    pub artifacts: Option<ArtifactStore>,
 }
 
 impl Runtime {
@@ -28,7 +34,21 @@ impl Runtime {
             transport: Transport::new(),
             vars: Arc::new(vars),
             masker,
+            browser: None,
+            artifacts: None,
         }
+    }
+
+    /// This runtime with a browser for browser probes.
+    pub fn with_browser(mut self, browser: Arc<Browser>) -> Runtime {
+        self.browser = Some(browser);
+        self
+    }
+
+    /// This runtime saving artifacts of failed runs.
+    pub fn with_artifacts(mut self, store: ArtifactStore) -> Runtime {
+        self.artifacts = Some(store);
+        self
     }
 }
 
@@ -36,17 +56,21 @@ impl Runtime {
 pub async fn run_probe(spec: &ProbeSpec, runtime: &Runtime) -> ProbeResult {
     let started = Instant::now();
     let started_at_ms = unix_ms();
+    let id = uuid::Uuid::new_v4().simple().to_string();
     let mut retried = Vec::new();
     let mut attempt_no = 0;
     loop {
         attempt_no += 1;
-        let attempt = run_attempt(spec, runtime).await;
+        let artifacts_id = if attempt_no == 1 { id.clone() } else { format!("{id}.{attempt_no}") };
+        let artifacts = runtime.artifacts.as_ref().map(|a| a.for_run(&spec.name, &artifacts_id));
+        let attempt = run_attempt(spec, runtime, artifacts.as_ref()).await;
         let last = attempt_no > spec.retries || attempt.result.is_pass();
         if last {
             let first_attempt = retried
                 .first()
                 .map_or(attempt.result, |a: &Attempt| a.result);
             return ProbeResult {
+                id,
                 name: spec.name.clone(),
                 kind: spec.type_name().to_string(),
                 result: attempt.result,
@@ -78,7 +102,7 @@ struct AttemptResult {
     error: Option<String>,
 }
 
-async fn run_attempt(spec: &ProbeSpec, runtime: &Runtime) -> AttemptResult {
+async fn run_attempt(spec: &ProbeSpec, runtime: &Runtime, artifacts: Option<&RunArtifacts>) -> AttemptResult {
     let started = Instant::now();
     let deadline = tokio::time::Instant::now() + spec.timeout;
     let mut scope = match Scope::with_vars(runtime.vars.iter().map(|(n, t)| (n, t))) {
@@ -105,6 +129,10 @@ async fn run_attempt(spec: &ProbeSpec, runtime: &Runtime) -> AttemptResult {
             ProbeKind::Http(http) => {
                 run_steps(http, &runtime.transport, &mut scope, &masker, deadline).await
             }
+            ProbeKind::Browser(probe) => match &runtime.browser {
+                Some(browser) => browser::run_steps(probe, browser, &mut scope, &masker, deadline, artifacts).await,
+                None => browser_unavailable(spec),
+            },
         }
     };
     let (mut steps, error) = match tokio::time::timeout_at(deadline + grace, work).await {
@@ -149,4 +177,32 @@ fn unix_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Steps of a browser probe run without a browser configured: an error, never a pass.
+fn browser_unavailable(spec: &ProbeSpec) -> Vec<StepResult> {
+    let mut steps: Vec<StepResult> = spec.step_names().into_iter().map(StepResult::skipped).collect();
+    if let Some(first) = steps.first_mut() {
+        first.result = Outcome::Error;
+        first.error = Some("no browser is configured for this runtime".into());
+    }
+    steps
+}
+
+/// The result of a run that never produced one of its own (cancelled, crashed, aborted): an
+/// error, never a pass, with every step skipped.
+pub fn unfinished(spec: &ProbeSpec, why: &str) -> ProbeResult {
+    ProbeResult {
+        id: uuid::Uuid::new_v4().simple().to_string(),
+        name: spec.name.clone(),
+        kind: spec.type_name().to_string(),
+        result: Outcome::Error,
+        duration: Duration::ZERO,
+        attempts: 1,
+        first_attempt: Outcome::Error,
+        started_at_ms: unix_ms(),
+        steps: spec.step_names().into_iter().map(StepResult::skipped).collect(),
+        retried: Vec::new(),
+        error: Some(why.to_string()),
+    }
 }

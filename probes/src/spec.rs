@@ -32,6 +32,7 @@ impl ProbeSpec {
     pub fn type_name(&self) -> &'static str {
         match self.kind {
             ProbeKind::Http(_) => "http",
+            ProbeKind::Browser(_) => "browser",
         }
     }
 
@@ -39,6 +40,7 @@ impl ProbeSpec {
     pub fn step_names(&self) -> Vec<&str> {
         match &self.kind {
             ProbeKind::Http(http) => http.steps.iter().map(|s| s.name.as_str()).collect(),
+            ProbeKind::Browser(b) => b.steps.iter().map(|s| s.name.as_str()).collect(),
         }
     }
 }
@@ -48,6 +50,8 @@ impl ProbeSpec {
 pub enum ProbeKind {
     /// A multi-step HTTP scenario.
     Http(HttpProbe),
+    /// A scenario in real headless Chromium over WebDriver.
+    Browser(BrowserProbe),
 }
 
 /// An HTTP scenario and its transport options.
@@ -137,6 +141,187 @@ impl JsonTemplate {
             JsonTemplate::Array(items) => items.iter().for_each(|i| i.collect(out)),
             JsonTemplate::Object(fields) => fields.iter().for_each(|(_, v)| v.collect(out)),
             _ => {}
+        }
+    }
+}
+
+/// A browser scenario: steps run in order in one fresh session.
+#[derive(Debug, Clone)]
+pub struct BrowserProbe {
+    /// Steps, run in order; a failed step skips the rest.
+    pub steps: Vec<BrowserStep>,
+    /// Window size and mobile emulation for the whole session.
+    pub viewport: Option<Viewport>,
+    /// Accept invalid TLS certificates in the browser.
+    pub insecure: bool,
+}
+
+/// Window size, optionally emulating a mobile device (touch, mobile user agent, device scale).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Viewport {
+    /// CSS pixels.
+    pub width: u32,
+    /// CSS pixels.
+    pub height: u32,
+    /// Emulate a phone: touch events, a mobile user agent, device pixel ratio 3.
+    pub mobile: bool,
+}
+
+/// One browser step.
+#[derive(Debug, Clone)]
+pub struct BrowserStep {
+    /// Step name, unique within the probe.
+    pub name: String,
+    /// What the step does.
+    pub action: BrowserAction,
+    /// Step timeout (waits and navigations); the probe's remaining time bounds it too.
+    pub timeout: Option<Duration>,
+}
+
+/// How text is compared in browser assertions.
+#[derive(Debug, Clone)]
+pub enum TextMatch {
+    /// The text contains this.
+    Contains(Template),
+    /// The text (trimmed) equals this.
+    Equals(Template),
+    /// The text matches this regex (compiled at run time after rendering).
+    Matches(Template),
+}
+
+impl TextMatch {
+    /// The template compared against.
+    pub fn template(&self) -> &Template {
+        match self {
+            TextMatch::Contains(t) | TextMatch::Equals(t) | TextMatch::Matches(t) => t,
+        }
+    }
+}
+
+/// What a browser step does. Selectors are CSS selectors (templates).
+#[derive(Debug, Clone)]
+pub enum BrowserAction {
+    /// Navigate to a URL and wait for the load event; records web vitals.
+    Goto(Template),
+    /// Click the first element matching the selector (waits for it to be visible).
+    Click(Template),
+    /// Type text into an input (cleared first).
+    Fill {
+        /// Input selector.
+        selector: Template,
+        /// Text to type.
+        text: Template,
+    },
+    /// Press a key (e.g. `Enter`, `Tab`) in an element, or the focused element.
+    Press {
+        /// Element to send the key to; the focused element when absent.
+        selector: Option<Template>,
+        /// Key name: Enter, Tab, Escape, ArrowDown, ... or a single character.
+        key: String,
+    },
+    /// Choose an option of a `<select>` by value.
+    Select {
+        /// The select element.
+        selector: Template,
+        /// The option's value.
+        value: Template,
+    },
+    /// Wait until an element is visible.
+    WaitFor(Template),
+    /// Wait until the URL matches.
+    WaitForUrl(TextMatch),
+    /// Assert on an element's visible text.
+    AssertText {
+        /// The element.
+        selector: Template,
+        /// The comparison.
+        expect: TextMatch,
+    },
+    /// Assert on the current URL.
+    AssertUrl(TextMatch),
+    /// Assert on the page title.
+    AssertTitle(TextMatch),
+    /// Assert an element is visible.
+    AssertVisible(Template),
+    /// Assert no element matching is visible.
+    AssertHidden(Template),
+    /// Assert how many elements match, e.g. `>= 1`.
+    AssertCount {
+        /// The selector.
+        selector: Template,
+        /// Comparison operator: ==, !=, <, <=, >, >=.
+        op: String,
+        /// The count compared against.
+        count: u64,
+    },
+    /// Run JavaScript (a function body); it must return a truthy value.
+    Eval(Template),
+    /// Take an element's text (or an attribute) into a variable for later steps.
+    Capture {
+        /// Variable name.
+        name: String,
+        /// The element.
+        selector: Template,
+        /// An attribute instead of the text.
+        attribute: Option<String>,
+    },
+    /// Save a screenshot as an artifact.
+    Screenshot(String),
+    /// Resize the window (and switch mobile emulation) mid-session.
+    Viewport(Viewport),
+    /// Fail when the browser logged errors (SEVERE) since the session began, except those
+    /// matching one of the ignore patterns.
+    AssertNoConsoleErrors {
+        /// Regexes of messages to ignore.
+        ignore: Vec<regex::Regex>,
+    },
+}
+
+impl BrowserAction {
+    /// The action's config key, for names and messages.
+    pub fn keyword(&self) -> &'static str {
+        match self {
+            BrowserAction::Goto(_) => "goto",
+            BrowserAction::Click(_) => "click",
+            BrowserAction::Fill { .. } => "fill",
+            BrowserAction::Press { .. } => "press",
+            BrowserAction::Select { .. } => "select",
+            BrowserAction::WaitFor(_) => "wait_for",
+            BrowserAction::WaitForUrl(_) => "wait_for_url",
+            BrowserAction::AssertText { .. } => "assert_text",
+            BrowserAction::AssertUrl(_) => "assert_url",
+            BrowserAction::AssertTitle(_) => "assert_title",
+            BrowserAction::AssertVisible(_) => "assert_visible",
+            BrowserAction::AssertHidden(_) => "assert_hidden",
+            BrowserAction::AssertCount { .. } => "assert_count",
+            BrowserAction::Eval(_) => "eval",
+            BrowserAction::Capture { .. } => "capture",
+            BrowserAction::Screenshot(_) => "screenshot",
+            BrowserAction::Viewport(_) => "viewport",
+            BrowserAction::AssertNoConsoleErrors { .. } => "assert_no_console_errors",
+        }
+    }
+
+    /// Every template of the action.
+    pub fn templates(&self) -> Vec<&Template> {
+        match self {
+            BrowserAction::Goto(t)
+            | BrowserAction::Click(t)
+            | BrowserAction::WaitFor(t)
+            | BrowserAction::AssertVisible(t)
+            | BrowserAction::AssertHidden(t)
+            | BrowserAction::Eval(t) => vec![t],
+            BrowserAction::Fill { selector, text } => vec![selector, text],
+            BrowserAction::Press { selector, .. } => selector.iter().collect(),
+            BrowserAction::Select { selector, value } => vec![selector, value],
+            BrowserAction::WaitForUrl(m) | BrowserAction::AssertUrl(m) | BrowserAction::AssertTitle(m) => {
+                vec![m.template()]
+            }
+            BrowserAction::AssertText { selector, expect } => vec![selector, expect.template()],
+            BrowserAction::AssertCount { selector, .. } | BrowserAction::Capture { selector, .. } => vec![selector],
+            BrowserAction::Screenshot(_) | BrowserAction::Viewport(_) | BrowserAction::AssertNoConsoleErrors { .. } => {
+                Vec::new()
+            }
         }
     }
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use patrol_probes::assert::Assertion;
 use patrol_probes::capture::Capture;
 use patrol_probes::spec::{
+    BrowserProbe,
     BodySpec, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_REDIRECTS, HttpProbe, HttpStep, JsonTemplate,
     ProbeKind, ProbeSpec, RequestSpec,
 };
@@ -39,7 +40,8 @@ const DEFAULT_KEYS: [&str; 7] = [
     "max_redirects",
     "max_body",
 ];
-const PROBE_KEYS: [&str; 14] = [
+const PROBE_KEYS: [&str; 15] = [
+    "viewport",
     "name",
     "type",
     "tags",
@@ -466,7 +468,7 @@ fn probes(
     out
 }
 
-fn field<'n, 's>(node: &'n Node<'s>, key: &str) -> Option<&'n Node<'s>> {
+pub(super) fn field<'n, 's>(node: &'n Node<'s>, key: &str) -> Option<&'n Node<'s>> {
     let YamlData::Mapping(map) = &node.data else {
         return None;
     };
@@ -489,6 +491,8 @@ fn probe(
     let mut schedule = None;
     let mut tz = None;
     let mut steps_node = None;
+    let mut viewport_node = None;
+    let mut browser_type = false;
     let mut ok = true;
     for (key, _, v) in &entries {
         match key.as_str() {
@@ -524,14 +528,7 @@ fn probe(
                 if let Some(t) = w.string(v, "probe type") {
                     match t.as_str() {
                         "http" => {}
-                        "browser" => {
-                            w.error(
-                                v,
-                                "browser probes are not supported by this build yet",
-                                "use `type: http` for now",
-                            );
-                            ok = false;
-                        }
+                        "browser" => browser_type = true,
                         other => {
                             let help = did_you_mean(other, ["http", "browser"]).map_or_else(
                                 || "use `type: http`".to_string(),
@@ -547,6 +544,7 @@ fn probe(
             "locations" => locations = w.strings(v, "locations"),
             "schedule" => (schedule, tz) = parse_schedule(w, v),
             "steps" => steps_node = Some(*v),
+            "viewport" => viewport_node = Some(*v),
             "description" => {
                 w.string(v, "description");
             }
@@ -555,7 +553,22 @@ fn probe(
             }
         }
     }
-    let steps = steps(w, steps_node?, vars);
+    let kind = if browser_type {
+        let viewport = viewport_node.and_then(|v| super::browser::viewport(w, v));
+        let steps = super::browser::steps(w, steps_node?, vars);
+        ProbeKind::Browser(BrowserProbe { steps, viewport, insecure: settings.insecure })
+    } else {
+        if let Some(v) = viewport_node {
+            w.error(v, "`viewport` applies to browser probes only", "add `type: browser`, or remove `viewport`");
+        }
+        ProbeKind::Http(HttpProbe {
+            steps: steps(w, steps_node?, vars),
+            insecure: settings.insecure,
+            follow_redirects: settings.follow_redirects,
+            max_redirects: settings.max_redirects,
+            max_body_bytes: settings.max_body,
+        })
+    };
     let name = name?;
     if !ok {
         return None;
@@ -565,13 +578,7 @@ fn probe(
         timeout: settings.timeout,
         retries: settings.retries,
         retry_backoff: settings.retry_backoff,
-        kind: ProbeKind::Http(HttpProbe {
-            steps,
-            insecure: settings.insecure,
-            follow_redirects: settings.follow_redirects,
-            max_redirects: settings.max_redirects,
-            max_body_bytes: settings.max_body,
-        }),
+        kind,
     };
     Some(ProbeConfig {
         spec: Arc::new(spec),
@@ -970,7 +977,7 @@ fn json_template(w: &mut Walker<'_>, node: &Node<'_>) -> Option<JsonTemplate> {
 }
 
 /// Parses a string node as a template, reporting syntax errors at their column.
-fn template_at(w: &mut Walker<'_>, node: &Node<'_>, what: &str) -> Option<Template> {
+pub(super) fn template_at(w: &mut Walker<'_>, node: &Node<'_>, what: &str) -> Option<Template> {
     let text = w.string(node, what)?;
     match Template::parse(&text) {
         Ok(t) => Some(t),
@@ -983,7 +990,7 @@ fn template_at(w: &mut Walker<'_>, node: &Node<'_>, what: &str) -> Option<Templa
 
 /// Checks that every name used by `templates` (all found under `node`) is a var or an earlier
 /// capture, pointing at the placeholder when it can.
-fn check_templates<'t>(
+pub(super) fn check_templates<'t>(
     w: &mut Walker<'_>,
     node: &Node<'_>,
     templates: impl IntoIterator<Item = &'t Template>,
@@ -996,7 +1003,7 @@ fn check_templates<'t>(
     }
 }
 
-fn check_template_at(
+pub(super) fn check_template_at(
     w: &mut Walker<'_>,
     node: &Node<'_>,
     t: &Template,
@@ -1048,7 +1055,7 @@ fn check_template_at(
 }
 
 /// The first scalar under `node` whose text is `text`.
-fn find_scalar<'n, 's>(w: &Walker<'_>, node: &'n Node<'s>, text: &str) -> Option<&'n Node<'s>> {
+pub(super) fn find_scalar<'n, 's>(w: &Walker<'_>, node: &'n Node<'s>, text: &str) -> Option<&'n Node<'s>> {
     match &node.data {
         YamlData::Mapping(map) => map.values().find_map(|v| find_scalar(w, v, text)),
         YamlData::Sequence(items) => items.iter().find_map(|v| find_scalar(w, v, text)),
@@ -1085,6 +1092,7 @@ pub fn probe_templates(spec: &ProbeSpec) -> Vec<&Template> {
                 ts
             })
             .collect(),
+        ProbeKind::Browser(b) => b.steps.iter().flat_map(|s| s.action.templates()).collect(),
     }
 }
 
@@ -1108,7 +1116,7 @@ fn parse_size(s: &str) -> Option<usize> {
     Some((n * mult) as usize)
 }
 
-fn name_safe(s: &str) -> bool {
+pub(super) fn name_safe(s: &str) -> bool {
     !s.is_empty()
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')

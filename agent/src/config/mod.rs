@@ -6,6 +6,7 @@
 //! - [`schedule`]: cron and interval schedules
 //! - [`diagnostic`]: error reports with line, column and help
 
+pub mod browser;
 pub mod build;
 pub mod diagnostic;
 pub mod schedule;
