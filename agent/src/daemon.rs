@@ -36,9 +36,18 @@ pub struct Loaded {
 }
 
 impl Loaded {
-    fn new(mut config: Config, options: &RunOptions) -> anyhow::Result<Loaded> {
+    fn new(
+        mut config: Config,
+        options: &RunOptions,
+        browser: &SharedBrowser,
+    ) -> anyhow::Result<Loaded> {
         for (name, value) in &options.vars {
             config.set_var(name, value);
+        }
+        if options.without_browser_probes {
+            config
+                .probes
+                .retain(|p| !matches!(p.spec.kind, patrol_probes::spec::ProbeKind::Browser(_)));
         }
         let masker = config.masker().with(options.secrets.iter().cloned());
         let api_token = match &config.agent.api_token {
@@ -62,7 +71,14 @@ impl Loaded {
             .filter(|p| p.locations.is_empty() || p.locations.contains(&location))
             .cloned()
             .collect();
-        let runtime = Runtime::new(config.vars.clone(), masker);
+        let mut runtime = config.runtime(masker);
+        // One browser for the agent's life: a reload keeps the running chromedriver.
+        if let Some(fresh) = runtime.browser.take() {
+            let mut slot = browser
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            runtime.browser = Some(Arc::clone(slot.get_or_insert(fresh)));
+        }
         Ok(Loaded {
             config,
             probes,
@@ -94,6 +110,7 @@ pub struct AgentState {
     /// True once the config is loaded and the scheduler runs.
     pub ready: AtomicBool,
     options: RunOptions,
+    browser: SharedBrowser,
     in_flight: InFlight,
     scheduler: tokio::sync::Mutex<SchedulerSlot>,
     events: mpsc::Sender<SchedulerEvent>,
@@ -126,7 +143,9 @@ impl AgentState {
         let mut slot = self.scheduler.lock().await;
         let outcome = match config::load(&self.options.config) {
             Err(report) => Err(report.to_string()),
-            Ok((config, _)) => Loaded::new(config, &self.options).map_err(|e| format!("{e:#}")),
+            Ok((config, _)) => {
+                Loaded::new(config, &self.options, &self.browser).map_err(|e| format!("{e:#}"))
+            }
         };
         let next = match outcome {
             Ok(next) => Arc::new(next),
@@ -219,7 +238,12 @@ pub struct RunOptions {
     pub show_warnings: bool,
     /// Run every probe once at start-up, before its first scheduled time (the demo).
     pub run_at_start: bool,
+    /// Leave browser probes out (the demo on a machine without Chromium).
+    pub without_browser_probes: bool,
 }
+
+/// The browser shared across reloads, made when the first config needs one.
+type SharedBrowser = std::sync::Mutex<Option<Arc<patrol_probes::browser::Browser>>>;
 
 /// Refuses configs that would expose the control API: a non-loopback listen needs a token.
 fn check_exposure(loaded: &Loaded, listen: SocketAddr) -> anyhow::Result<()> {
@@ -248,7 +272,8 @@ pub async fn run(
         }
         Err(report) => anyhow::bail!("{report}"),
     };
-    let loaded = Arc::new(Loaded::new(config, &options)?);
+    let browser = SharedBrowser::default();
+    let loaded = Arc::new(Loaded::new(config, &options, &browser)?);
     let listen = options.listen.unwrap_or(loaded.config.agent.listen);
     check_exposure(&loaded, listen)?;
     let metrics = Arc::new(Metrics::new(&loaded.config.agent.location));
@@ -279,6 +304,7 @@ pub async fn run(
         next_runs,
         ready: AtomicBool::new(false),
         options: options.clone(),
+        browser,
         in_flight: in_flight.clone(),
         scheduler: tokio::sync::Mutex::new(SchedulerSlot { cancel }),
         events: events_tx,
@@ -350,6 +376,14 @@ pub async fn run(
     state.ready.store(false, Ordering::SeqCst);
     state.scheduler.lock().await.cancel.cancel();
     let cancelled = runner.shutdown(options.grace).await;
+    let browser = state
+        .browser
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take();
+    if let Some(browser) = browser {
+        browser.shutdown().await;
+    }
     server_stop.cancel();
     dispatcher.abort();
     let _ = server.await;

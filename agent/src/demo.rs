@@ -7,6 +7,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use citadel_shop::Shop;
+use patrol_probes::browser::Browser;
+use patrol_probes::spec::ProbeKind;
 use patrol_probes::template::Masker;
 
 use crate::config;
@@ -49,16 +51,29 @@ pub async fn run(options: DemoOptions) -> ExitCode {
         ("smoke_password".to_string(), password.clone()),
     ];
     println!("Reference shop: {}", shop.url());
+    // A fresh machine may lack Chromium: the demo then shows the API probes only.
+    let browser_missing = config::load_str(EXAMPLE_NAME, EXAMPLE)
+        .ok()
+        .and_then(|(c, _)| Browser::check_installed(&c.browser_settings()).err());
+    if let Some(why) = &browser_missing {
+        println!("Browser probes are left out: {why}");
+    }
+    let with_browser = browser_missing.is_none();
     let code = if options.once {
-        once(&vars, &password, options.verbose).await
+        once(&vars, &password, options.verbose, with_browser).await
     } else {
-        agent(&vars, &password, options.listen).await
+        agent(&vars, &password, options.listen, with_browser).await
     };
     shop.shutdown().await;
     code
 }
 
-async fn once(vars: &[(String, String)], password: &str, verbose: bool) -> ExitCode {
+async fn once(
+    vars: &[(String, String)],
+    password: &str,
+    verbose: bool,
+    with_browser: bool,
+) -> ExitCode {
     let mut config = match config::load_str(EXAMPLE_NAME, EXAMPLE) {
         Ok((c, _warnings)) => c,
         Err(report) => {
@@ -68,6 +83,11 @@ async fn once(vars: &[(String, String)], password: &str, verbose: bool) -> ExitC
     };
     for (name, value) in vars {
         config.set_var(name, value);
+    }
+    if !with_browser {
+        config
+            .probes
+            .retain(|p| !matches!(p.spec.kind, ProbeKind::Browser(_)));
     }
     println!("Running {EXAMPLE_NAME} once (the test password is masked as ***):\n");
     let outputs = Outputs {
@@ -84,7 +104,12 @@ async fn once(vars: &[(String, String)], password: &str, verbose: bool) -> ExitC
     .await
 }
 
-async fn agent(vars: &[(String, String)], password: &str, listen: SocketAddr) -> ExitCode {
+async fn agent(
+    vars: &[(String, String)],
+    password: &str,
+    listen: SocketAddr,
+    with_browser: bool,
+) -> ExitCode {
     // The agent reads (and reloads) its config from a file: give it the example.
     let dir = std::env::temp_dir().join(format!("patrol-demo-{}", std::process::id()));
     let path = dir.join("citadelbuy.yaml");
@@ -105,6 +130,7 @@ async fn agent(vars: &[(String, String)], password: &str, listen: SocketAddr) ->
         api_token: Some(token.clone()),
         show_warnings: false,
         run_at_start: true,
+        without_browser_probes: !with_browser,
     };
     let announce = |addr: SocketAddr| {
         println!("Patrol agent probing it with {EXAMPLE_NAME}:");

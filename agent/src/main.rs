@@ -32,7 +32,6 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand};
-use patrol_probes::run::Runtime;
 
 use crate::report::{RunReport, Summary, console};
 use crate::verify::Selection;
@@ -149,6 +148,7 @@ fn main() -> ExitCode {
                 api_token: None,
                 show_warnings: true,
                 run_at_start: false,
+                without_browser_probes: false,
             };
             let on_listening = |addr| println!("patrol agent listening on http://{addr}");
             match daemon::run(options, daemon::termination(), on_listening).await {
@@ -205,6 +205,15 @@ fn load_config(path: &Path) -> Option<config::Config> {
 fn validate(path: &Path) -> ExitCode {
     match load_config(path) {
         Some(config) => {
+            if config.has_browser_probes()
+                && let Err(missing) =
+                    patrol_probes::browser::Browser::check_installed(&config.browser_settings())
+            {
+                eprintln!(
+                    "{}: warning: browser probes will error here: {missing}",
+                    path.display()
+                );
+            }
             let scheduled = config
                 .probes
                 .iter()
@@ -280,10 +289,13 @@ pub async fn run_and_report(
             return ExitCode::from(2);
         }
     };
-    let runtime = Runtime::new(config.vars.clone(), masker);
+    let runtime = config.runtime(masker);
     let started = Instant::now();
     let concurrency = args.concurrency.unwrap_or(config.agent.max_concurrency);
     let results = verify::run_all(&chosen, &runtime, concurrency).await;
+    if let Some(browser) = &runtime.browser {
+        browser.shutdown().await;
+    }
     let report = RunReport {
         config: args.config_name.clone(),
         results,

@@ -387,6 +387,9 @@ impl Metrics {
                     .with_label_values(&[probe, step_name, location])
                     .set(status);
             }
+            for (vital, seconds) in step.vitals.iter().flat_map(|v| v.iter()) {
+                self.record_web_vital(probe, vital, seconds);
+            }
         }
 
         // A failed run keeps the last known expiry: an outage must not hide a certificate alert.
@@ -421,10 +424,6 @@ impl Metrics {
     }
 
     /// Records one browser timing (`ttfb`, `fcp`, `lcp`, `dom_content_loaded`, `load`).
-    #[allow(
-        dead_code,
-        reason = "used by browser probes and deploy verdicts (issues 4 and 5)"
-    )]
     pub fn record_web_vital(&self, probe: &str, vital: &str, seconds: f64) {
         self.web_vital
             .with_label_values(&[probe, vital, self.location.as_str()])

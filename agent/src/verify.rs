@@ -72,7 +72,10 @@ pub async fn run_all(
     for (task, probe) in tasks.into_iter().zip(probes) {
         results.push(match task.await {
             Ok(r) => r,
-            Err(e) => unfinished(&probe.spec, &format!("internal error: the probe crashed ({e})")),
+            Err(e) => unfinished(
+                &probe.spec,
+                &format!("internal error: the probe crashed ({e})"),
+            ),
         });
     }
     results

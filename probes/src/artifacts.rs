@@ -24,7 +24,12 @@ pub struct RunArtifacts {
 impl ArtifactStore {
     /// The directory for one run of `probe` (created on first save).
     pub fn for_run(&self, probe: &str, run_id: &str) -> RunArtifacts {
-        RunArtifacts { root: self.root.clone(), probe: probe.to_string(), run_id: run_id.to_string(), keep: self.keep.max(1) }
+        RunArtifacts {
+            root: self.root.clone(),
+            probe: probe.to_string(),
+            run_id: run_id.to_string(),
+            keep: self.keep.max(1),
+        }
     }
 }
 
@@ -47,7 +52,9 @@ impl RunArtifacts {
     /// Deletes the oldest run directories of this probe beyond `keep`.
     fn prune(&self) {
         let probe_dir = self.root.join(&self.probe);
-        let Ok(entries) = std::fs::read_dir(&probe_dir) else { return };
+        let Ok(entries) = std::fs::read_dir(&probe_dir) else {
+            return;
+        };
         let mut runs: Vec<(std::time::SystemTime, PathBuf)> = entries
             .filter_map(Result::ok)
             .filter(|e| e.path().is_dir())
@@ -67,7 +74,9 @@ impl RunArtifacts {
 }
 
 fn modified(path: &Path) -> std::time::SystemTime {
-    std::fs::metadata(path).and_then(|m| m.modified()).unwrap_or(std::time::UNIX_EPOCH)
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .unwrap_or(std::time::UNIX_EPOCH)
 }
 
 #[cfg(test)]
@@ -77,7 +86,10 @@ mod tests {
     #[test]
     fn keeps_the_newest_runs_per_probe() {
         let root = std::env::temp_dir().join(format!("patrol-artifacts-{}", std::process::id()));
-        let store = ArtifactStore { root: root.clone(), keep: 2 };
+        let store = ArtifactStore {
+            root: root.clone(),
+            keep: 2,
+        };
         for i in 0..4 {
             let run = store.for_run("p", &format!("run-{i}"));
             let rel = run.save("page.html", b"<html>").expect("saved");

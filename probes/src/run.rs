@@ -61,8 +61,15 @@ pub async fn run_probe(spec: &ProbeSpec, runtime: &Runtime) -> ProbeResult {
     let mut attempt_no = 0;
     loop {
         attempt_no += 1;
-        let artifacts_id = if attempt_no == 1 { id.clone() } else { format!("{id}.{attempt_no}") };
-        let artifacts = runtime.artifacts.as_ref().map(|a| a.for_run(&spec.name, &artifacts_id));
+        let artifacts_id = if attempt_no == 1 {
+            id.clone()
+        } else {
+            format!("{id}.{attempt_no}")
+        };
+        let artifacts = runtime
+            .artifacts
+            .as_ref()
+            .map(|a| a.for_run(&spec.name, &artifacts_id));
         let attempt = run_attempt(spec, runtime, artifacts.as_ref()).await;
         let last = attempt_no > spec.retries || attempt.result.is_pass();
         if last {
@@ -102,7 +109,11 @@ struct AttemptResult {
     error: Option<String>,
 }
 
-async fn run_attempt(spec: &ProbeSpec, runtime: &Runtime, artifacts: Option<&RunArtifacts>) -> AttemptResult {
+async fn run_attempt(
+    spec: &ProbeSpec,
+    runtime: &Runtime,
+    artifacts: Option<&RunArtifacts>,
+) -> AttemptResult {
     let started = Instant::now();
     let deadline = tokio::time::Instant::now() + spec.timeout;
     let mut scope = match Scope::with_vars(runtime.vars.iter().map(|(n, t)| (n, t))) {
@@ -127,10 +138,21 @@ async fn run_attempt(spec: &ProbeSpec, runtime: &Runtime, artifacts: Option<&Run
     let work = async {
         match &spec.kind {
             ProbeKind::Http(http) => {
-                run_steps(http, &runtime.transport, &mut scope, &masker, deadline).await
+                run_steps(
+                    http,
+                    &runtime.transport,
+                    &mut scope,
+                    &masker,
+                    deadline,
+                    artifacts,
+                )
+                .await
             }
             ProbeKind::Browser(probe) => match &runtime.browser {
-                Some(browser) => browser::run_steps(probe, browser, &mut scope, &masker, deadline, artifacts).await,
+                Some(browser) => {
+                    browser::run_steps(probe, browser, &mut scope, &masker, deadline, artifacts)
+                        .await
+                }
                 None => browser_unavailable(spec),
             },
         }
@@ -181,7 +203,11 @@ fn unix_ms() -> i64 {
 
 /// Steps of a browser probe run without a browser configured: an error, never a pass.
 fn browser_unavailable(spec: &ProbeSpec) -> Vec<StepResult> {
-    let mut steps: Vec<StepResult> = spec.step_names().into_iter().map(StepResult::skipped).collect();
+    let mut steps: Vec<StepResult> = spec
+        .step_names()
+        .into_iter()
+        .map(StepResult::skipped)
+        .collect();
     if let Some(first) = steps.first_mut() {
         first.result = Outcome::Error;
         first.error = Some("no browser is configured for this runtime".into());
@@ -201,7 +227,11 @@ pub fn unfinished(spec: &ProbeSpec, why: &str) -> ProbeResult {
         attempts: 1,
         first_attempt: Outcome::Error,
         started_at_ms: unix_ms(),
-        steps: spec.step_names().into_iter().map(StepResult::skipped).collect(),
+        steps: spec
+            .step_names()
+            .into_iter()
+            .map(StepResult::skipped)
+            .collect(),
         retried: Vec::new(),
         error: Some(why.to_string()),
     }

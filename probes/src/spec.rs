@@ -314,14 +314,17 @@ impl BrowserAction {
             BrowserAction::Fill { selector, text } => vec![selector, text],
             BrowserAction::Press { selector, .. } => selector.iter().collect(),
             BrowserAction::Select { selector, value } => vec![selector, value],
-            BrowserAction::WaitForUrl(m) | BrowserAction::AssertUrl(m) | BrowserAction::AssertTitle(m) => {
+            BrowserAction::WaitForUrl(m)
+            | BrowserAction::AssertUrl(m)
+            | BrowserAction::AssertTitle(m) => {
                 vec![m.template()]
             }
             BrowserAction::AssertText { selector, expect } => vec![selector, expect.template()],
-            BrowserAction::AssertCount { selector, .. } | BrowserAction::Capture { selector, .. } => vec![selector],
-            BrowserAction::Screenshot(_) | BrowserAction::Viewport(_) | BrowserAction::AssertNoConsoleErrors { .. } => {
-                Vec::new()
-            }
+            BrowserAction::AssertCount { selector, .. }
+            | BrowserAction::Capture { selector, .. } => vec![selector],
+            BrowserAction::Screenshot(_)
+            | BrowserAction::Viewport(_)
+            | BrowserAction::AssertNoConsoleErrors { .. } => Vec::new(),
         }
     }
 }

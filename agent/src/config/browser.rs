@@ -35,8 +35,17 @@ pub const ACTIONS: [&str; 18] = [
 
 /// Parses `viewport: { width, height, mobile }`.
 pub fn viewport(w: &mut Walker<'_>, node: &Node<'_>) -> Option<Viewport> {
-    let entries = w.map(node, "viewport", &["width", "height", "mobile"], &["width", "height"])?;
-    let mut vp = Viewport { width: 0, height: 0, mobile: false };
+    let entries = w.map(
+        node,
+        "viewport",
+        &["width", "height", "mobile"],
+        &["width", "height"],
+    )?;
+    let mut vp = Viewport {
+        width: 0,
+        height: 0,
+        mobile: false,
+    };
     for (k, _, v) in entries {
         match k.as_str() {
             "width" => vp.width = w.count(v, "width").map_or(0, |n| n as u32),
@@ -45,7 +54,11 @@ pub fn viewport(w: &mut Walker<'_>, node: &Node<'_>) -> Option<Viewport> {
         }
     }
     if !(100..=8000).contains(&vp.width) || !(100..=8000).contains(&vp.height) {
-        w.error(node, "viewport width and height must be between 100 and 8000 pixels", "e.g. `{ width: 390, height: 844, mobile: true }`");
+        w.error(
+            node,
+            "viewport width and height must be between 100 and 8000 pixels",
+            "e.g. `{ width: 390, height: 844, mobile: true }`",
+        );
         return None;
     }
     Some(vp)
@@ -53,30 +66,46 @@ pub fn viewport(w: &mut Walker<'_>, node: &Node<'_>) -> Option<Viewport> {
 
 /// Parses the steps of a browser probe; `vars` are the config's var names.
 pub fn steps(w: &mut Walker<'_>, node: &Node<'_>, vars: &[String]) -> Vec<BrowserStep> {
-    let Some(items) = w.list(node, "steps") else { return Vec::new() };
+    let Some(items) = w.list(node, "steps") else {
+        return Vec::new();
+    };
     if items.is_empty() {
-        w.error(node, "a probe needs at least one step", "add a step such as `- goto: \"{{ web }}/\"`");
+        w.error(
+            node,
+            "a probe needs at least one step",
+            "add a step such as `- goto: \"{{ web }}/\"`",
+        );
     }
     let captured: Vec<Option<(String, String)>> = items
         .iter()
         .map(|item| {
             let capture = field(item, "capture")?;
             let name = field(capture, "name").and_then(|n| w.scalar(n))?;
-            let step = field(item, "name").and_then(|n| w.scalar(n)).unwrap_or_else(|| "capture".into());
+            let step = field(item, "name")
+                .and_then(|n| w.scalar(n))
+                .unwrap_or_else(|| "capture".into());
             Some((name, step))
         })
         .collect();
     let mut used: HashMap<String, usize> = HashMap::new();
     let mut out = Vec::new();
     for (i, item) in items.iter().enumerate() {
-        let visible: Vec<String> = vars.iter().cloned().chain(captured[..i].iter().flatten().map(|(n, _)| n.clone())).collect();
+        let visible: Vec<String> = vars
+            .iter()
+            .cloned()
+            .chain(captured[..i].iter().flatten().map(|(n, _)| n.clone()))
+            .collect();
         let later: Vec<(String, String)> = captured[i..].iter().flatten().cloned().collect();
         if let Some(mut step) = step(w, item, &visible, &later) {
             let n = used.entry(step.name.clone()).or_insert(0);
             *n += 1;
             if *n > 1 {
                 if field(item, "name").is_some() {
-                    w.error(item, format!("duplicate step name `{}`", step.name), "step names must be unique within a probe");
+                    w.error(
+                        item,
+                        format!("duplicate step name `{}`", step.name),
+                        "step names must be unique within a probe",
+                    );
                 }
                 step.name = format!("{}_{}", step.name, n);
             }
@@ -86,9 +115,18 @@ pub fn steps(w: &mut Walker<'_>, node: &Node<'_>, vars: &[String]) -> Vec<Browse
     out
 }
 
-fn step(w: &mut Walker<'_>, node: &Node<'_>, visible: &[String], later: &[(String, String)]) -> Option<BrowserStep> {
+fn step(
+    w: &mut Walker<'_>,
+    node: &Node<'_>,
+    visible: &[String],
+    later: &[(String, String)],
+) -> Option<BrowserStep> {
     let YamlData::Mapping(map) = &node.data else {
-        w.error(node, "a browser step must be a mapping with one action", "write e.g. `- click: \"#buy\"`");
+        w.error(
+            node,
+            "a browser step must be a mapping with one action",
+            "write e.g. `- click: \"#buy\"`",
+        );
         return None;
     };
     let mut name = None;
@@ -100,7 +138,11 @@ fn step(w: &mut Walker<'_>, node: &Node<'_>, visible: &[String], later: &[(Strin
             "name" => {
                 if let Some(n) = w.string(v, "step name") {
                     if !name_safe(&n) {
-                        w.error(v, format!("step name `{n}` must be letters, digits, `_` and `-`"), "it becomes the `step` metric label; write e.g. open_home");
+                        w.error(
+                            v,
+                            format!("step name `{n}` must be letters, digits, `_` and `-`"),
+                            "it becomes the `step` metric label; write e.g. open_home",
+                        );
                     }
                     name = Some(n);
                 }
@@ -108,7 +150,11 @@ fn step(w: &mut Walker<'_>, node: &Node<'_>, visible: &[String], later: &[(Strin
             "timeout" => timeout = w.duration(v, "step timeout"),
             other if ACTIONS.contains(&other) => {
                 if action.is_some() {
-                    w.error(k, "a browser step has exactly one action", "split it into two steps");
+                    w.error(
+                        k,
+                        "a browser step has exactly one action",
+                        "split it into two steps",
+                    );
                     continue;
                 }
                 action = Some(parse_action(w, other, v));
@@ -118,13 +164,19 @@ fn step(w: &mut Walker<'_>, node: &Node<'_>, visible: &[String], later: &[(Strin
                 candidates.extend(["name", "timeout"]);
                 let help = did_you_mean(other, candidates.iter().copied())
                     .map(|s| format!("did you mean `{s}`?"))
-                    .unwrap_or_else(|| format!("browser steps take one of: {}", ACTIONS.join(", ")));
+                    .unwrap_or_else(|| {
+                        format!("browser steps take one of: {}", ACTIONS.join(", "))
+                    });
                 w.error(k, format!("unknown browser action `{other}`"), help);
             }
         }
     }
     let Some(action) = action else {
-        w.error(node, "this browser step has no action", format!("add one of: {}", ACTIONS.join(", ")));
+        w.error(
+            node,
+            "this browser step has no action",
+            format!("add one of: {}", ACTIONS.join(", ")),
+        );
         return None;
     };
     let action = action?;
@@ -133,7 +185,11 @@ fn step(w: &mut Walker<'_>, node: &Node<'_>, visible: &[String], later: &[(Strin
         check_template_at(w, at, t, 0, visible, later);
     }
     let name = name.unwrap_or_else(|| action.keyword().to_string());
-    Some(BrowserStep { name, action, timeout })
+    Some(BrowserStep {
+        name,
+        action,
+        timeout,
+    })
 }
 
 fn parse_action(w: &mut Walker<'_>, key: &str, v: &Node<'_>) -> Option<BrowserAction> {
@@ -155,28 +211,52 @@ fn parse_action(w: &mut Walker<'_>, key: &str, v: &Node<'_>) -> Option<BrowserAc
             let e = w.map(v, "fill", &["selector", "text"], &["selector", "text"])?;
             let (mut selector, mut text) = (None, None);
             for (k, _, n) in e {
-                if k == "selector" { selector = template_at(w, n, "selector") } else { text = template_at(w, n, "text") }
+                if k == "selector" {
+                    selector = template_at(w, n, "selector")
+                } else {
+                    text = template_at(w, n, "text")
+                }
             }
-            BrowserAction::Fill { selector: selector?, text: text? }
+            BrowserAction::Fill {
+                selector: selector?,
+                text: text?,
+            }
         }
         "select" => {
             let e = w.map(v, "select", &["selector", "value"], &["selector", "value"])?;
             let (mut selector, mut value) = (None, None);
             for (k, _, n) in e {
-                if k == "selector" { selector = template_at(w, n, "selector") } else { value = template_at(w, n, "value") }
+                if k == "selector" {
+                    selector = template_at(w, n, "selector")
+                } else {
+                    value = template_at(w, n, "value")
+                }
             }
-            BrowserAction::Select { selector: selector?, value: value? }
+            BrowserAction::Select {
+                selector: selector?,
+                value: value?,
+            }
         }
         "press" => match &v.data {
             YamlData::Mapping(_) => {
                 let e = w.map(v, "press", &["selector", "key"], &["key"])?;
                 let (mut selector, mut key_name) = (None, None);
                 for (k, _, n) in e {
-                    if k == "selector" { selector = template_at(w, n, "selector") } else { key_name = w.string(n, "key") }
+                    if k == "selector" {
+                        selector = template_at(w, n, "selector")
+                    } else {
+                        key_name = w.string(n, "key")
+                    }
                 }
-                BrowserAction::Press { selector, key: key_name? }
+                BrowserAction::Press {
+                    selector,
+                    key: key_name?,
+                }
             }
-            _ => BrowserAction::Press { selector: None, key: w.string(v, "key")? },
+            _ => BrowserAction::Press {
+                selector: None,
+                key: w.string(v, "key")?,
+            },
         },
         "wait_for_url" => BrowserAction::WaitForUrl(text_match(w, v, key, None)?),
         "assert_url" => BrowserAction::AssertUrl(text_match(w, v, key, None)?),
@@ -185,55 +265,103 @@ fn parse_action(w: &mut Walker<'_>, key: &str, v: &Node<'_>) -> Option<BrowserAc
             let mut selector = None;
             let expect = text_match(w, v, key, Some(&mut selector))?;
             let Some(selector) = selector else {
-                w.error(v, "assert_text needs a `selector`", "write `{ selector: \".results\", contains: laptop }`");
+                w.error(
+                    v,
+                    "assert_text needs a `selector`",
+                    "write `{ selector: \".results\", contains: laptop }`",
+                );
                 return None;
             };
             BrowserAction::AssertText { selector, expect }
         }
         "assert_count" => {
-            let e = w.map(v, "assert_count", &["selector", "equals", "min", "max"], &["selector"])?;
+            let e = w.map(
+                v,
+                "assert_count",
+                &["selector", "equals", "min", "max"],
+                &["selector"],
+            )?;
             let mut selector = None;
             let mut bound = None;
             for (k, kn, n) in e {
                 if k == "selector" {
                     selector = template_at(w, n, "selector");
                 } else if bound.is_some() {
-                    w.error(kn, "assert_count takes one of `equals`, `min` or `max`", "use a second step for a range");
+                    w.error(
+                        kn,
+                        "assert_count takes one of `equals`, `min` or `max`",
+                        "use a second step for a range",
+                    );
                 } else {
-                    let op = match k.as_str() { "equals" => "==", "min" => ">=", _ => "<=" };
+                    let op = match k.as_str() {
+                        "equals" => "==",
+                        "min" => ">=",
+                        _ => "<=",
+                    };
                     bound = w.count(n, &k).map(|c| (op.to_string(), c));
                 }
             }
             let Some((op, count)) = bound else {
-                w.error(v, "assert_count needs `equals`, `min` or `max`", "write `{ selector: \".product-card\", min: 1 }`");
+                w.error(
+                    v,
+                    "assert_count needs `equals`, `min` or `max`",
+                    "write `{ selector: \".product-card\", min: 1 }`",
+                );
                 return None;
             };
-            BrowserAction::AssertCount { selector: selector?, op, count }
+            BrowserAction::AssertCount {
+                selector: selector?,
+                op,
+                count,
+            }
         }
         "capture" => {
-            let e = w.map(v, "capture", &["name", "selector", "attribute"], &["name", "selector"])?;
+            let e = w.map(
+                v,
+                "capture",
+                &["name", "selector", "attribute"],
+                &["name", "selector"],
+            )?;
             let (mut name, mut selector, mut attribute) = (None, None, None);
             for (k, _, n) in e {
                 match k.as_str() {
-                    "name" => name = w.string(n, "capture name").filter(|s| {
-                        let ok = name_safe(s);
-                        if !ok {
-                            w.error(n, format!("capture name `{s}` must be letters, digits, `_` and `-`"), "rename it, e.g. `price`");
-                        }
-                        ok
-                    }),
+                    "name" => {
+                        name = w.string(n, "capture name").filter(|s| {
+                            let ok = name_safe(s);
+                            if !ok {
+                                w.error(
+                                    n,
+                                    format!(
+                                        "capture name `{s}` must be letters, digits, `_` and `-`"
+                                    ),
+                                    "rename it, e.g. `price`",
+                                );
+                            }
+                            ok
+                        })
+                    }
                     "selector" => selector = template_at(w, n, "selector"),
                     _ => attribute = w.string(n, "attribute"),
                 }
             }
-            BrowserAction::Capture { name: name?, selector: selector?, attribute }
+            BrowserAction::Capture {
+                name: name?,
+                selector: selector?,
+                attribute,
+            }
         }
         "screenshot" => match &v.data {
-            YamlData::Value(Scalar::Boolean(true)) => BrowserAction::Screenshot("screenshot".into()),
+            YamlData::Value(Scalar::Boolean(true)) => {
+                BrowserAction::Screenshot("screenshot".into())
+            }
             _ => {
                 let n = w.string(v, "screenshot name")?;
                 if !name_safe(&n) {
-                    w.error(v, format!("screenshot name `{n}` must be letters, digits, `_` and `-`"), "it becomes a file name, e.g. home_page");
+                    w.error(
+                        v,
+                        format!("screenshot name `{n}` must be letters, digits, `_` and `-`"),
+                        "it becomes a file name, e.g. home_page",
+                    );
                     return None;
                 }
                 BrowserAction::Screenshot(n)
@@ -241,7 +369,9 @@ fn parse_action(w: &mut Walker<'_>, key: &str, v: &Node<'_>) -> Option<BrowserAc
         },
         "viewport" => BrowserAction::Viewport(viewport(w, v)?),
         _ => match &v.data {
-            YamlData::Value(Scalar::Boolean(true)) => BrowserAction::AssertNoConsoleErrors { ignore: Vec::new() },
+            YamlData::Value(Scalar::Boolean(true)) => {
+                BrowserAction::AssertNoConsoleErrors { ignore: Vec::new() }
+            }
             _ => {
                 let e = w.map(v, "assert_no_console_errors", &["ignore"], &[])?;
                 let mut ignore = Vec::new();
@@ -251,7 +381,9 @@ fn parse_action(w: &mut Walker<'_>, key: &str, v: &Node<'_>) -> Option<BrowserAc
                         _ => vec![n],
                     };
                     for item in items {
-                        let Some(p) = w.string(item, "an ignore pattern") else { continue };
+                        let Some(p) = w.string(item, "an ignore pattern") else {
+                            continue;
+                        };
                         match regex::Regex::new(&p) {
                             Ok(re) => ignore.push(re),
                             Err(e) => w.error(item, format!("invalid regex `{p}`: {}", e.to_string().lines().last().unwrap_or("").trim()), "ignore patterns are regular expressions matched against each console message"),
@@ -265,7 +397,12 @@ fn parse_action(w: &mut Walker<'_>, key: &str, v: &Node<'_>) -> Option<BrowserAc
 }
 
 /// `"text"` (contains) or `{ contains | equals | matches: text }`, plus `selector` when asked.
-fn text_match(w: &mut Walker<'_>, v: &Node<'_>, key: &str, selector: Option<&mut Option<Template>>) -> Option<TextMatch> {
+fn text_match(
+    w: &mut Walker<'_>,
+    v: &Node<'_>,
+    key: &str,
+    selector: Option<&mut Option<Template>>,
+) -> Option<TextMatch> {
     if selector.is_none()
         && let Some(t) = w.scalar(v).and_then(|_| template_at(w, v, key))
     {
@@ -284,12 +421,26 @@ fn text_match(w: &mut Walker<'_>, v: &Node<'_>, key: &str, selector: Option<&mut
             continue;
         }
         if found.is_some() {
-            w.error(kn, format!("{key} takes one of `contains`, `equals` or `matches`"), "use a second step for a second check");
+            w.error(
+                kn,
+                format!("{key} takes one of `contains`, `equals` or `matches`"),
+                "use a second step for a second check",
+            );
             continue;
         }
         let t = template_at(w, n, &k)?;
-        if k == "matches" && t.is_literal() && let Err(e) = regex::Regex::new(t.source()) {
-            w.error(n, format!("invalid regex: {}", e.to_string().lines().last().unwrap_or("").trim()), "see https://docs.rs/regex for the syntax");
+        if k == "matches"
+            && t.is_literal()
+            && let Err(e) = regex::Regex::new(t.source())
+        {
+            w.error(
+                n,
+                format!(
+                    "invalid regex: {}",
+                    e.to_string().lines().last().unwrap_or("").trim()
+                ),
+                "see https://docs.rs/regex for the syntax",
+            );
             return None;
         }
         found = Some(match k.as_str() {
@@ -302,7 +453,11 @@ fn text_match(w: &mut Walker<'_>, v: &Node<'_>, key: &str, selector: Option<&mut
         *slot = sel;
     }
     if found.is_none() {
-        w.error(v, format!("{key} needs `contains`, `equals` or `matches`"), format!("write e.g. `{key}: {{ contains: laptop }}`"));
+        w.error(
+            v,
+            format!("{key} needs `contains`, `equals` or `matches`"),
+            format!("write e.g. `{key}: {{ contains: laptop }}`"),
+        );
     }
     found
 }

@@ -10,9 +10,8 @@ use std::time::Duration;
 use patrol_probes::assert::Assertion;
 use patrol_probes::capture::Capture;
 use patrol_probes::spec::{
-    BrowserProbe,
-    BodySpec, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_REDIRECTS, HttpProbe, HttpStep, JsonTemplate,
-    ProbeKind, ProbeSpec, RequestSpec,
+    BodySpec, BrowserProbe, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_REDIRECTS, HttpProbe, HttpStep,
+    JsonTemplate, ProbeKind, ProbeSpec, RequestSpec,
 };
 use patrol_probes::template::{Placeholder, Template};
 use saphyr::{Scalar, YamlData};
@@ -23,7 +22,8 @@ use super::yaml::{Node, Walker, did_you_mean, kind, load};
 use super::{AgentConfig, BrowserConfig, Config, ProbeConfig, VerifyConfig};
 
 const TOP_KEYS: [&str; 6] = ["agent", "browser", "vars", "defaults", "probes", "verify"];
-const AGENT_KEYS: [&str; 5] = [
+const AGENT_KEYS: [&str; 6] = [
+    "keep_artifacts",
     "listen",
     "location",
     "api_token",
@@ -120,6 +120,7 @@ fn build_root(w: &mut Walker<'_>, root: &Node<'_>) -> Config {
             api_token: None,
             max_concurrency: 32,
             artifacts_dir: PathBuf::from("./artifacts"),
+            keep_artifacts: 20,
         },
         browser: BrowserConfig {
             chromedriver: PathBuf::from("/usr/bin/chromedriver"),
@@ -219,6 +220,11 @@ fn agent(w: &mut Walker<'_>, node: &Node<'_>, agent: &mut AgentConfig) {
                     } else {
                         agent.max_concurrency = n as usize;
                     }
+                }
+            }
+            "keep_artifacts" => {
+                if let Some(n) = w.count(v, "keep_artifacts") {
+                    agent.keep_artifacts = (n as usize).max(1);
                 }
             }
             _ => {
@@ -556,10 +562,18 @@ fn probe(
     let kind = if browser_type {
         let viewport = viewport_node.and_then(|v| super::browser::viewport(w, v));
         let steps = super::browser::steps(w, steps_node?, vars);
-        ProbeKind::Browser(BrowserProbe { steps, viewport, insecure: settings.insecure })
+        ProbeKind::Browser(BrowserProbe {
+            steps,
+            viewport,
+            insecure: settings.insecure,
+        })
     } else {
         if let Some(v) = viewport_node {
-            w.error(v, "`viewport` applies to browser probes only", "add `type: browser`, or remove `viewport`");
+            w.error(
+                v,
+                "`viewport` applies to browser probes only",
+                "add `type: browser`, or remove `viewport`",
+            );
         }
         ProbeKind::Http(HttpProbe {
             steps: steps(w, steps_node?, vars),
@@ -1055,7 +1069,11 @@ pub(super) fn check_template_at(
 }
 
 /// The first scalar under `node` whose text is `text`.
-pub(super) fn find_scalar<'n, 's>(w: &Walker<'_>, node: &'n Node<'s>, text: &str) -> Option<&'n Node<'s>> {
+pub(super) fn find_scalar<'n, 's>(
+    w: &Walker<'_>,
+    node: &'n Node<'s>,
+    text: &str,
+) -> Option<&'n Node<'s>> {
     match &node.data {
         YamlData::Mapping(map) => map.values().find_map(|v| find_scalar(w, v, text)),
         YamlData::Sequence(items) => items.iter().find_map(|v| find_scalar(w, v, text)),

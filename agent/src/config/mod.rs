@@ -51,6 +51,8 @@ pub struct AgentConfig {
     pub max_concurrency: usize,
     /// Where screenshots, page HTML and failed response bodies go.
     pub artifacts_dir: PathBuf,
+    /// Failed runs whose artifacts are kept per probe; older ones are deleted.
+    pub keep_artifacts: usize,
 }
 
 /// The `browser:` section.
@@ -116,6 +118,40 @@ impl Default for VerifyConfig {
 }
 
 impl Config {
+    /// True when any probe drives a browser.
+    pub fn has_browser_probes(&self) -> bool {
+        self.probes
+            .iter()
+            .any(|p| matches!(p.spec.kind, patrol_probes::spec::ProbeKind::Browser(_)))
+    }
+
+    /// What every run of this config shares: transport, vars, secrets, the artifact store and,
+    /// when a probe needs one, the supervised browser.
+    pub fn runtime(&self, masker: Masker) -> patrol_probes::run::Runtime {
+        let store = patrol_probes::artifacts::ArtifactStore {
+            root: self.agent.artifacts_dir.clone(),
+            keep: self.agent.keep_artifacts,
+        };
+        let runtime =
+            patrol_probes::run::Runtime::new(self.vars.clone(), masker).with_artifacts(store);
+        if self.has_browser_probes() {
+            runtime.with_browser(Arc::new(patrol_probes::browser::Browser::new(
+                self.browser_settings(),
+            )))
+        } else {
+            runtime
+        }
+    }
+
+    /// The browser section as the engine wants it.
+    pub fn browser_settings(&self) -> patrol_probes::browser::BrowserSettings {
+        patrol_probes::browser::BrowserSettings {
+            chromedriver: self.browser.chromedriver.clone(),
+            chromium: self.browser.chromium.clone(),
+            max_sessions: self.browser.max_sessions,
+        }
+    }
+
     /// Sets a var to a literal value (from `--var`), replacing one of the same name in place.
     pub fn set_var(&mut self, name: &str, value: &str) {
         let t = Template::literal(value);

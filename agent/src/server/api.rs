@@ -77,6 +77,8 @@ pub struct FailedStep {
     pub error: Option<String>,
     /// Failing assertions with actual vs expected.
     pub asserts: Vec<patrol_probes::result::AssertResult>,
+    /// Saved files (screenshot, page HTML, response body), relative to `/artifacts/`.
+    pub artifacts: Vec<String>,
 }
 
 /// Summarises a failed result for the API and status page.
@@ -99,6 +101,7 @@ pub fn failure_summary(r: &ProbeResult) -> FailureSummary {
                 result: s.result.to_string(),
                 error: s.error.clone(),
                 asserts: s.failed_asserts().cloned().collect(),
+                artifacts: s.artifacts.clone(),
             })
             .collect(),
     }

@@ -104,6 +104,9 @@ fn probe_card(state: &Shared, s: &ProbeStatus, now_ms: i64) -> Markup {
                         @if let Some(e) = &f.error { div { (e) } }
                         @for step in &f.steps {
                             div { b { (step.name) } " — " (step.result) @if let Some(e) = &step.error { ": " (e) } }
+                            @for path in &step.artifacts {
+                                div { "saved " a href={ "/artifacts/" (path) } { (path.rsplit('/').next().unwrap_or(path)) } }
+                            }
                             @for a in &step.asserts {
                                 div { code { (a.expr) } " — actual " code { (a.actual.as_deref().unwrap_or("(none)")) } ", expected " code { (a.expected) } }
                             }

@@ -2,10 +2,10 @@
 
 use std::path::PathBuf;
 
+use crate::artifacts::RunArtifacts;
 use crate::result::{Outcome, StepResult};
 use crate::spec::BrowserProbe;
 use crate::template::{Masker, Scope};
-use crate::artifacts::RunArtifacts;
 
 /// Where chromedriver and Chromium are and how many sessions may run at once.
 #[derive(Debug, Clone)]

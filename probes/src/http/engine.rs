@@ -7,6 +7,7 @@ use bytes::Bytes;
 
 use super::cookies::CookieJar;
 use super::transport::{FailureKind, IncomingResponse, Limits, OutgoingRequest, Transport};
+use crate::artifacts::RunArtifacts;
 use crate::query::Observation;
 use crate::result::{Exchange, Outcome, Phases, StepResult};
 use crate::spec::{BodySpec, HttpProbe, HttpStep, JsonTemplate};
@@ -30,6 +31,7 @@ pub async fn run_steps(
     scope: &mut Scope,
     masker: &Masker,
     deadline: tokio::time::Instant,
+    artifacts: Option<&RunArtifacts>,
 ) -> Vec<StepResult> {
     let mut jar = CookieJar::default();
     let mut results = Vec::with_capacity(probe.steps.len());
@@ -51,6 +53,7 @@ pub async fn run_steps(
             &mut jar,
             masker,
             step_deadline,
+            artifacts,
         )
         .await;
         blocked = !result.result.is_pass();
@@ -67,6 +70,7 @@ async fn run_step(
     jar: &mut CookieJar,
     masker: &Masker,
     deadline: tokio::time::Instant,
+    artifacts: Option<&RunArtifacts>,
 ) -> StepResult {
     let started = Instant::now();
     let mut result = StepResult::skipped(&step.name);
@@ -129,6 +133,18 @@ async fn run_step(
     };
     if !problems.is_empty() {
         result.error = Some(masker.mask(&problems.join("; ")));
+    }
+    if result.result == Outcome::Fail
+        && let Some(store) = artifacts
+    {
+        // The whole body (up to the cap), scrubbed of secrets, for whoever investigates.
+        let body = masker.mask(&String::from_utf8_lossy(&response.body));
+        match store.save(&format!("{}-response.txt", step.name), body.as_bytes()) {
+            Ok(path) => result.artifacts.push(path),
+            Err(e) => {
+                tracing::warn!(error = %e, "Could not save the response body of a failed step.")
+            }
+        }
     }
     result
 }
