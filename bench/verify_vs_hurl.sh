@@ -4,6 +4,8 @@
 source "$(dirname "$0")/common.sh"
 command -v hyperfine > /dev/null || { echo "hyperfine is needed: apt-get install hyperfine"; exit 2; }
 command -v hurl > /dev/null || { echo "hurl is needed: cargo install hurl@8.0.1 --locked"; exit 2; }
+machine_notes
+echo "$(hurl --version | head -1)"
 cat > "$WORK/three.yaml" <<YAML
 probes:
   - name: three
@@ -43,5 +45,7 @@ python3 - "$WORK/hf.json" <<'PY'
 import json, sys
 r = {x["command"]: x for x in json.load(open(sys.argv[1]))["results"]}
 p, h = r["patrol"]["median"] * 1000, r["hurl"]["median"] * 1000
-print(f"median wall: patrol {p:.2f} ms, hurl {h:.2f} ms, patrol/hurl = {p / h:.2f}")
+cpu = lambda x: (x["user"] + x["system"]) * 1000
+print(f"median wall: patrol {p:.2f} ms, hurl {h:.2f} ms, patrol/hurl = {p / h:.2f}; "
+      f"mean CPU (user+sys): patrol {cpu(r['patrol']):.1f} ms, hurl {cpu(r['hurl']):.1f} ms")
 PY

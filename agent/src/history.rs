@@ -497,6 +497,7 @@ mod tests {
 
     fn result(name: &str, outcome: Outcome, started_at_ms: i64, millis: u64) -> Arc<ProbeResult> {
         Arc::new(ProbeResult {
+            id: String::new(),
             name: name.to_string(),
             kind: "http".to_string(),
             result: outcome,

@@ -24,6 +24,7 @@ mod report;
 mod runner;
 mod scheduler;
 mod server;
+mod verdict;
 mod verify;
 
 use std::io::IsTerminal;

@@ -591,6 +591,7 @@ mod tests {
 
     fn run(result: Outcome, first: Outcome, millis: u64, steps: Vec<StepResult>) -> ProbeResult {
         ProbeResult {
+            id: String::new(),
             name: "p".to_string(),
             kind: "http".to_string(),
             result,

@@ -279,7 +279,9 @@ probes:
         assert!(matches!(probe.schedule, Some(Schedule::Every(d)) if d == Duration::from_secs(30)));
         assert_eq!(probe.spec.timeout, Duration::from_secs(3));
         assert_eq!(probe.spec.retries, 2);
-        let ProbeKind::Http(http) = &probe.spec.kind;
+        let ProbeKind::Http(http) = &probe.spec.kind else {
+            panic!("an http probe")
+        };
         assert_eq!(http.steps[0].name, "post_api_auth_login");
         assert_eq!(http.steps[0].request.method, "POST");
         assert!(matches!(

@@ -1,0 +1,157 @@
+//! Stray Chromium processes: found by a path in their command line, killed with SIGKILL.
+//!
+//! Every process a session's Chromium starts (browser, zygotes, renderers, GPU and utility
+//! processes) carries `--user-data-dir=<profile>` in its command line, and the crash handler
+//! carries its database under the browser's work directory (chromedriver runs with
+//! `XDG_CONFIG_HOME` there). Scanning `/proc/*/cmdline` for a profile or the work directory
+//! therefore finds everything a session or the whole browser left running, even after
+//! chromedriver was killed and its children were re-parented to init.
+//!
+//! The crate forbids `unsafe`, so signals are sent by the shell's `kill` builtin: this only runs
+//! after a crash or on shutdown, never on the happy path.
+
+use std::path::Path;
+use std::time::Duration;
+
+/// Live (non-zombie) processes whose command line contains `needle`, other than this one.
+pub(crate) fn matching(needle: &Path) -> Vec<u32> {
+    let needle = needle.as_os_str().as_encoded_bytes();
+    if needle.is_empty() {
+        return Vec::new();
+    }
+    let me = std::process::id();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != me)
+        .filter(|&pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|cmd| cmd.windows(needle.len()).any(|w| w == needle))
+        })
+        .filter(|&pid| !is_zombie(pid))
+        .collect()
+}
+
+/// A zombie has exited and only waits for its parent (or init) to reap it.
+fn is_zombie(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return true;
+    };
+    // The state follows the parenthesised command name, which may itself contain `)`.
+    stat.rsplit_once(") ")
+        .and_then(|(_, rest)| rest.chars().next())
+        .is_none_or(|state| matches!(state, 'Z' | 'X'))
+}
+
+/// Sends SIGKILL to `pids` and waits for the signal to be delivered (blocking).
+pub(crate) fn kill_now(pids: &[u32]) {
+    if pids.is_empty() {
+        return;
+    }
+    let list: Vec<String> = pids.iter().map(u32::to_string).collect();
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("kill -9 {} 2>/dev/null", list.join(" ")))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+    if let Err(e) = status {
+        tracing::warn!(error = %e, ?pids, "Could not run `kill` on stray Chromium processes.");
+    }
+}
+
+/// Kills every process mentioning `needle` and waits up to `patience` for them to be gone;
+/// returns how many were killed.
+pub(crate) async fn kill_matching(needle: &Path, patience: Duration) -> usize {
+    let pids = matching(needle);
+    if pids.is_empty() {
+        return 0;
+    }
+    let killed = pids.len();
+    let list = pids.clone();
+    // `kill` is a short fork+exec; keep it off the async workers anyway.
+    let _ = tokio::task::spawn_blocking(move || kill_now(&list)).await;
+    let until = tokio::time::Instant::now() + patience;
+    loop {
+        let left = matching(needle);
+        if left.is_empty() {
+            break;
+        }
+        if tokio::time::Instant::now() >= until {
+            tracing::warn!(pids = ?left, path = %needle.display(), "Chromium processes survived SIGKILL.");
+            break;
+        }
+        // Processes forked between the scan and the kill get the same treatment.
+        let fresh: Vec<u32> = left.into_iter().filter(|p| !pids.contains(p)).collect();
+        if !fresh.is_empty() {
+            let _ = tokio::task::spawn_blocking(move || kill_now(&fresh)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    killed
+}
+
+/// Blocking variant of [`kill_matching`] for `Drop`, where no runtime may be left.
+pub(crate) fn kill_matching_blocking(needle: &Path, patience: Duration) {
+    let deadline = std::time::Instant::now() + patience;
+    loop {
+        let pids = matching(needle);
+        if pids.is_empty() || std::time::Instant::now() >= deadline {
+            return;
+        }
+        kill_now(&pids);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Removes a directory tree, retrying while a dying Chromium may still be writing into it.
+pub(crate) async fn remove_dir(dir: &Path) {
+    for attempt in 0..10 {
+        match std::fs::remove_dir_all(dir) {
+            Ok(()) => return,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) if attempt == 9 => {
+                tracing::warn!(error = %e, dir = %dir.display(), "Could not remove a browser profile directory.");
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// Blocking variant of [`remove_dir`].
+pub(crate) fn remove_dir_blocking(dir: &Path) {
+    for _ in 0..5 {
+        match std::fs::remove_dir_all(dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            _ => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_a_process_by_a_path_in_its_command_line() {
+        let marker = std::env::temp_dir().join(format!("patrol-procs-{}", uuid::Uuid::new_v4()));
+        // `sh -c CMD NAME`: NAME becomes `$0`, so the marker sits in the command line.
+        let mut child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg("while :; do sleep 0.1; done")
+            .arg(&marker)
+            .spawn()
+            .expect("sh runs");
+        assert_eq!(matching(&marker), vec![child.id()]);
+        kill_matching_blocking(&marker, Duration::from_secs(2));
+        let status = child.wait().expect("reaped");
+        assert!(!status.success());
+        assert!(matching(&marker).is_empty());
+    }
+}
