@@ -46,6 +46,14 @@ machine_notes() {
 
 # CPU time (utime + stime, every thread) of PID in clock ticks.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# User and system CPU time of PID in clock ticks, and context switches of its live threads:
+# "utime stime ctxsw".
+cpu_split() {
+  local ut st cs
+  read -r ut st < <(awk '{print $14, $15}' "/proc/$1/stat")
+  cs=$(cat /proc/"$1"/task/*/status 2> /dev/null | awk '/ctxt_switches/ {s += $2} END {print s}')
+  echo "$ut $st $cs"
+}
 CLK_TCK="$(getconf CLK_TCK)"
 
 # Resident memory of PID in KiB: "rss anon file".
@@ -69,7 +77,10 @@ start_nginx() {
   port="$(free_port)"
   dir="$WORK/nginx"
   mkdir -p "$dir/html" "$dir/tmp"
+  # nginx's workers run as nobody: they must be able to reach the page.
+  chmod 755 "$WORK" "$dir" "$dir/html"
   head -c 612 /dev/zero | tr '\0' 'x' > "$dir/html/index.html"
+  chmod 644 "$dir/html/index.html"
   cat > "$dir/nginx.conf" << CONF
 worker_processes 1;
 pid $dir/nginx.pid;
@@ -94,6 +105,7 @@ CONF
   PIDS+=("$NGINX_PID")
   NGINX="http://127.0.0.1:$port"
   wait_http "$NGINX/"
+  [ "$(curl -s -o /dev/null -w '%{http_code}' "$NGINX/")" = 200 ] || { echo "nginx does not serve the page" >&2; return 1; }
 }
 
 # prometheus-blackbox-exporter on 127.0.0.1 with an `http_2xx` module (sets BLACKBOX,
@@ -118,7 +130,8 @@ YML
 }
 
 # Writes a Patrol config of N probes named p0001… to FILE: each runs STEPS GETs of URL on
-# `every: EVERY`. Usage: probes_config FILE N EVERY STEPS URL
+# `every: EVERY` (EVERY "none": no schedule, on demand only).
+# Usage: probes_config FILE N EVERY STEPS URL
 probes_config() {
   local file=$1 n=$2 every=$3 steps=$4 url=$5
   python3 - "$file" "$n" "$every" "$steps" "$url" << 'PY'
@@ -127,7 +140,10 @@ file, n, every, steps, url = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys
 with open(file, "w") as f:
     f.write("probes:\n")
     for i in range(1, n + 1):
-        f.write(f"  - name: p{i:04d}\n    schedule: {{ every: {every} }}\n    steps:\n")
+        f.write(f"  - name: p{i:04d}\n")
+        if every != "none":
+            f.write(f"    schedule: {{ every: {every} }}\n")
+        f.write("    steps:\n")
         for s in range(1, steps + 1):
             f.write(f"      - name: s{s}\n        request: {{ url: \"{url}\" }}\n"
                     f"        assert: [ status == 200 ]\n")

@@ -109,6 +109,12 @@ pub struct AgentState {
     pub next_runs: NextRuns,
     /// True once the config is loaded and the scheduler runs.
     pub ready: AtomicBool,
+    /// Deploys the rollback action already ran for.
+    pub acted: crate::deploy::action::ActedDeploys,
+    /// Flagger checksums being verified, so one is never verified twice at once.
+    pub flagger: crate::server::hooks::InProgress,
+    /// Alertmanager fingerprints already acted on.
+    pub alerts: crate::deploy::action::ActedDeploys,
     options: RunOptions,
     browser: SharedBrowser,
     in_flight: InFlight,
@@ -303,6 +309,9 @@ pub async fn run(
         runs: RunStore::default(),
         next_runs,
         ready: AtomicBool::new(false),
+        acted: Default::default(),
+        flagger: Default::default(),
+        alerts: Default::default(),
         options: options.clone(),
         browser,
         in_flight: in_flight.clone(),

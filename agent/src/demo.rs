@@ -13,8 +13,8 @@ use patrol_probes::template::Masker;
 
 use crate::config;
 use crate::daemon::{self, RunOptions};
+use crate::gate::{Outputs, run_and_report};
 use crate::verify::Selection;
-use crate::{Outputs, run_and_report};
 
 /// The example suite, compiled in so the demo runs from any directory.
 const EXAMPLE: &str = include_str!("../../examples/citadelbuy.yaml");

@@ -203,10 +203,6 @@ impl History {
 
     /// The recent results (see [`History::recent`]) that started at or after `since_ms`,
     /// newest first.
-    #[allow(
-        dead_code,
-        reason = "used by browser probes and deploy verdicts (issues 4 and 5)"
-    )]
     pub fn results_since(&self, probe: &str, since_ms: i64) -> Vec<Arc<ProbeResult>> {
         self.read()
             .get(probe)

@@ -10,6 +10,9 @@
 //! - [`metrics`]: every Prometheus metric
 //! - [`history`]: recent results and latency percentiles
 //! - [`server`]: /metrics, health, the control API and the status page
+//! - [`gate`]: `patrol verify`, the deploy gate: runs, verdicts, reports, exit codes
+//! - [`verdict`]: rule, threshold and canary verdicts
+//! - [`deploy`]: baselines and the rollback action
 //! - [`demo`]: `patrol demo`, the bundled shop probed by the example suite
 //!
 //! Exit codes: 0 every probe passed, 1 a probe failed, errored or timed out, 2 a config, usage or
@@ -18,6 +21,8 @@
 mod config;
 mod daemon;
 mod demo;
+mod deploy;
+mod gate;
 mod history;
 mod metrics;
 mod report;
@@ -27,15 +32,10 @@ mod server;
 mod verdict;
 mod verify;
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Instant;
 
-use clap::{Args, Parser, Subcommand};
-
-use crate::report::{RunReport, Summary, console};
-use crate::verify::Selection;
+use clap::{Parser, Subcommand};
 
 /// Smoke and synthetic monitoring: did this deploy break production?
 #[derive(Debug, Parser)]
@@ -54,7 +54,7 @@ enum Command {
         config: PathBuf,
     },
     /// Run the selected probes once as a deploy gate: exit 0 when all pass, 1 when any fails.
-    Verify(VerifyArgs),
+    Verify(gate::VerifyArgs),
     /// Run the agent: scheduled probes, Prometheus metrics, the control API and status page.
     Run {
         /// The config file.
@@ -87,35 +87,8 @@ enum Command {
     },
 }
 
-#[derive(Debug, Args)]
-struct VerifyArgs {
-    /// The config file.
-    #[arg(long, short)]
-    config: PathBuf,
-    /// Run only probes with this tag (repeatable).
-    #[arg(long = "tag", short = 't')]
-    tags: Vec<String>,
-    /// Run only the probe with this name (repeatable).
-    #[arg(long = "probe", short = 'p')]
-    probes: Vec<String>,
-    /// Write the JSON report here.
-    #[arg(long)]
-    report_json: Option<PathBuf>,
-    /// Write a JUnit XML report here.
-    #[arg(long)]
-    junit: Option<PathBuf>,
-    /// Show request and response detail and phase timings for every step.
-    #[arg(long, short)]
-    verbose: bool,
-    /// Probes run at once (default: agent.max_concurrency from the config).
-    #[arg(long)]
-    concurrency: Option<usize>,
-    /// Set or override a var, e.g. `--var api=https://staging.example.com` (repeatable).
-    #[arg(long = "var", value_name = "NAME=VALUE", value_parser = parse_var)]
-    vars: Vec<(String, String)>,
-}
-
-fn parse_var(s: &str) -> Result<(String, String), String> {
+/// Parses `NAME=VALUE` for `--var`.
+pub fn parse_var(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((name, value)) if !name.is_empty() => Ok((name.to_string(), value.to_string())),
         _ => Err(format!("`{s}` is not NAME=VALUE")),
@@ -124,6 +97,8 @@ fn parse_var(s: &str) -> Result<(String, String), String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Patrol's own HTTPS calls (baselines, webhooks) use ring, like the probe transport.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("PATROL_LOG")
@@ -133,7 +108,7 @@ fn main() -> ExitCode {
         .init();
     match cli.command {
         Command::Validate { config } => validate(&config),
-        Command::Verify(args) => with_runtime(verify_command(args)),
+        Command::Verify(args) => with_runtime(gate::run(args)),
         Command::Run {
             config,
             listen,
@@ -188,7 +163,7 @@ fn with_runtime(work: impl std::future::Future<Output = ExitCode>) -> ExitCode {
 }
 
 /// Loads a config, printing its diagnostics; `None` when it has errors.
-fn load_config(path: &Path) -> Option<config::Config> {
+pub fn load_config(path: &Path) -> Option<config::Config> {
     match config::load(path) {
         Ok((config, report)) => {
             if report.warnings().next().is_some() {
@@ -231,108 +206,5 @@ fn validate(path: &Path) -> ExitCode {
             ExitCode::SUCCESS
         }
         None => ExitCode::from(2),
-    }
-}
-
-async fn verify_command(args: VerifyArgs) -> ExitCode {
-    let Some(mut config) = load_config(&args.config) else {
-        return ExitCode::from(2);
-    };
-    for (name, value) in &args.vars {
-        config.set_var(name, value);
-    }
-    let outputs = Outputs {
-        config_name: args.config.display().to_string(),
-        report_json: args.report_json,
-        junit: args.junit,
-        verbose: args.verbose,
-        concurrency: args.concurrency,
-    };
-    run_and_report(
-        &config,
-        &Selection {
-            tags: args.tags,
-            probes: args.probes,
-        },
-        config.masker(),
-        &outputs,
-    )
-    .await
-}
-
-/// Where and how `verify` reports.
-#[derive(Debug, Default)]
-pub struct Outputs {
-    /// The config's name in reports.
-    pub config_name: String,
-    /// JSON report path.
-    pub report_json: Option<PathBuf>,
-    /// JUnit report path.
-    pub junit: Option<PathBuf>,
-    /// Verbose console output.
-    pub verbose: bool,
-    /// Override of agent.max_concurrency.
-    pub concurrency: Option<usize>,
-}
-
-/// Runs the selected probes once, prints and writes the reports, and returns the exit code.
-pub async fn run_and_report(
-    config: &config::Config,
-    selection: &Selection,
-    masker: patrol_probes::template::Masker,
-    out: &Outputs,
-) -> ExitCode {
-    let args = out;
-    let chosen = match verify::select(config, selection) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let runtime = config.runtime(masker);
-    let started = Instant::now();
-    let concurrency = args.concurrency.unwrap_or(config.agent.max_concurrency);
-    let results = verify::run_all(&chosen, &runtime, concurrency).await;
-    if let Some(browser) = &runtime.browser {
-        browser.shutdown().await;
-    }
-    let report = RunReport {
-        config: args.config_name.clone(),
-        results,
-        duration: started.elapsed(),
-    };
-    let style = console::Style {
-        color: std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
-        verbose: args.verbose,
-    };
-    print!("{}", console::render(&report, style));
-    let mut write_failed = false;
-    if let Some(path) = &args.report_json {
-        write_failed |= !write_file(path, &report::json::render(&report));
-    }
-    if let Some(path) = &args.junit {
-        write_failed |= !write_file(path, &report::junit::render(&report));
-    }
-    if write_failed {
-        return ExitCode::from(2);
-    }
-    if Summary::of(&report.results).all_passed() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    }
-}
-
-fn write_file(path: &Path, content: &str) -> bool {
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        let _ = std::fs::create_dir_all(parent);
-    }
-    match std::fs::write(path, content) {
-        Ok(()) => true,
-        Err(e) => {
-            eprintln!("error: cannot write {}: {e}", path.display());
-            false
-        }
     }
 }

@@ -83,10 +83,6 @@ pub struct Metrics {
     config_reloads: IntCounterVec,
     config_last_reload_success: Gauge,
     deploy_verifications: IntCounterVec,
-    #[allow(
-        dead_code,
-        reason = "used by browser probes and deploy verdicts (issues 4 and 5)"
-    )]
     rollback_actions: IntCounterVec,
     deploy_info: IntGaugeVec,
     deploy_timestamp: Gauge,
@@ -461,10 +457,6 @@ impl Metrics {
     }
 
     /// Counts a deploy verification by verdict (`pass`, `fail`, `inconclusive`).
-    #[allow(
-        dead_code,
-        reason = "used by browser probes and deploy verdicts (issues 4 and 5)"
-    )]
     pub fn record_verdict(&self, verdict: &str) {
         self.deploy_verifications
             .with_label_values(&[verdict])
@@ -472,10 +464,6 @@ impl Metrics {
     }
 
     /// Counts a rollback action by result (e.g. `success`, `failure`, `dry_run`).
-    #[allow(
-        dead_code,
-        reason = "used by browser probes and deploy verdicts (issues 4 and 5)"
-    )]
     pub fn record_rollback_action(&self, result: &str) {
         self.rollback_actions.with_label_values(&[result]).inc();
     }

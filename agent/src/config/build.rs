@@ -60,7 +60,15 @@ const PROBE_KEYS: [&str; 15] = [
 const STEP_KEYS: [&str; 5] = ["name", "request", "capture", "assert", "timeout"];
 const REQUEST_KEYS: [&str; 7] = ["method", "url", "headers", "query", "json", "body", "form"];
 const SCHEDULE_KEYS: [&str; 3] = ["cron", "every", "tz"];
-const VERIFY_KEYS: [&str; 4] = ["rollback_when", "thresholds", "baseline", "action"];
+const VERIFY_KEYS: [&str; 7] = [
+    "rollback_when",
+    "thresholds",
+    "baseline",
+    "action",
+    "min_samples",
+    "runs",
+    "canary",
+];
 const METHODS: [&str; 7] = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
 
 /// Probe-wide settings that `defaults:` can set.
@@ -373,12 +381,22 @@ fn verify(w: &mut Walker<'_>, node: &Node<'_>, verify: &mut VerifyConfig) {
                 let Some(rules) = w.map(
                     v,
                     "verify.rollback_when",
-                    &["error_rate_increase", "latency_increase"],
+                    &[
+                        "error_rate_increase",
+                        "latency_increase",
+                        "min_latency_increase",
+                    ],
                     &[],
                 ) else {
                     continue;
                 };
                 for (k, _, n) in rules {
+                    if k == "min_latency_increase" {
+                        verify.min_latency_increase = w
+                            .duration(n, "min_latency_increase")
+                            .unwrap_or(verify.min_latency_increase);
+                        continue;
+                    }
                     let Some(p) = percent(w, n, &k) else { continue };
                     if k == "error_rate_increase" {
                         verify.error_rate_increase = p;
@@ -404,15 +422,43 @@ fn verify(w: &mut Walker<'_>, node: &Node<'_>, verify: &mut VerifyConfig) {
             "baseline" => {
                 verify.baseline = w.duration(v, "verify.baseline").unwrap_or(verify.baseline)
             }
+            "min_samples" => verify.min_samples = w.count(v, "min_samples").unwrap_or(5).max(1),
+            "runs" => {
+                verify.runs = w
+                    .count(v, "runs")
+                    .map_or(verify.runs, |n| n.clamp(1, 1000) as u32)
+            }
+            "canary" => {
+                let Some(tracks) = w.map(
+                    v,
+                    "verify.canary",
+                    &["stable", "canary"],
+                    &["stable", "canary"],
+                ) else {
+                    continue;
+                };
+                for (track, _, n) in tracks {
+                    let Some(vars) = w.map(n, "a canary track", &[], &[]) else {
+                        continue;
+                    };
+                    let pairs = vars
+                        .into_iter()
+                        .filter_map(|(name, _, val)| w.string(val, &name).map(|t| (name, t)))
+                        .collect();
+                    verify.canary.push((track, pairs));
+                }
+            }
             _ => {
-                let Some(action) = w.map(v, "verify.action", &["command", "dry_run"], &[]) else {
+                let Some(action) =
+                    w.map(v, "verify.action", &["command", "webhook", "dry_run"], &[])
+                else {
                     continue;
                 };
                 for (k, _, n) in action {
-                    if k == "command" {
-                        verify.action_command = w.strings(n, "verify.action.command");
-                    } else {
-                        verify.action_dry_run = w.boolean(n, "dry_run").unwrap_or(true);
+                    match k.as_str() {
+                        "command" => verify.action_command = w.strings(n, "verify.action.command"),
+                        "webhook" => verify.action_webhook = w.string(n, "verify.action.webhook"),
+                        _ => verify.action_dry_run = w.boolean(n, "dry_run").unwrap_or(true),
                     }
                 }
             }

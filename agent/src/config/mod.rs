@@ -98,8 +98,18 @@ pub struct VerifyConfig {
     pub baseline: Duration,
     /// Command run on a fail verdict (argv, no shell).
     pub action_command: Vec<String>,
+    /// Webhook POSTed on a fail verdict (JSON with the verdict).
+    pub action_webhook: Option<String>,
     /// Log the action instead of running it.
     pub action_dry_run: bool,
+    /// A p95 rise smaller than this is noise, whatever the ratio.
+    pub min_latency_increase: Duration,
+    /// Runs per probe needed in the baseline (and per side in a canary) for a verdict.
+    pub min_samples: u64,
+    /// Post-deploy runs per probe for a verdict.
+    pub runs: u32,
+    /// Var overrides per canary track: `stable` and `canary`.
+    pub canary: Vec<(String, Vec<(String, String)>)>,
 }
 
 impl Default for VerifyConfig {
@@ -112,7 +122,12 @@ impl Default for VerifyConfig {
             error_rate: None,
             baseline: Duration::from_secs(30 * 60),
             action_command: Vec::new(),
+            action_webhook: None,
             action_dry_run: true,
+            min_latency_increase: Duration::from_millis(10),
+            min_samples: 5,
+            runs: 5,
+            canary: Vec::new(),
         }
     }
 }

@@ -173,3 +173,75 @@ fn paint(text: &str, outcome: Outcome, style: Style) -> String {
     };
     format!("\x1b[{code}m{text}\x1b[0m")
 }
+
+/// The report of a verdict run: runs per probe in a table, failed runs in detail, the verdict
+/// with its reasons.
+pub fn render_rounds(report: &RunReport, style: Style) -> String {
+    let mut out = String::new();
+    let failed: Vec<&ProbeResult> = report
+        .results
+        .iter()
+        .filter(|r| !r.result.is_pass())
+        .collect();
+    if !failed.is_empty() {
+        let width = failed.iter().map(|r| r.name.len()).max().unwrap_or(0);
+        let _ = writeln!(out, "Runs that did not pass:");
+        for r in failed.iter().take(10) {
+            render_probe(&mut out, r, width, style);
+        }
+        if failed.len() > 10 {
+            let _ = writeln!(
+                out,
+                "… and {} more (see the JSON report)",
+                failed.len() - 10
+            );
+        }
+        out.push('\n');
+    }
+    let Some(verdict) = &report.verdict else {
+        return out;
+    };
+    let width = verdict
+        .probes
+        .keys()
+        .map(String::len)
+        .max()
+        .unwrap_or(5)
+        .max(5);
+    let _ = writeln!(
+        out,
+        "{:<width$}  {:>14}  {:>14}  {:>10}  {:>10}",
+        "probe", "runs (before)", "runs (after)", "p95 before", "p95 after"
+    );
+    for (name, n) in &verdict.probes {
+        let runs = |a: &crate::verdict::Aggregate| format!("{}/{} failed", a.failures, a.runs);
+        let p95 = |v: Option<f64>| v.map_or("-".to_string(), format_seconds);
+        let _ = writeln!(
+            out,
+            "{name:<width$}  {:>14}  {:>14}  {:>10}  {:>10}",
+            n.baseline.as_ref().map_or("-".into(), runs),
+            runs(&n.current),
+            p95(n.baseline.as_ref().and_then(|b| b.p95)),
+            p95(n.current.p95),
+        );
+    }
+    let decision = verdict.verdict;
+    let outcome = match decision {
+        crate::verdict::Decision::Pass => Outcome::Pass,
+        crate::verdict::Decision::Fail => Outcome::Fail,
+        crate::verdict::Decision::Inconclusive => Outcome::Skipped,
+    };
+    let _ = writeln!(
+        out,
+        "\n{}  {} verdict after {}",
+        paint(&decision.as_str().to_uppercase(), outcome, style),
+        verdict.check,
+        format_seconds(report.duration.as_secs_f64())
+    );
+    for r in &verdict.reasons {
+        if r.decision != crate::verdict::Decision::Pass || style.verbose {
+            let _ = writeln!(out, "  - {} [{}]: {}", r.probe, r.rule, r.message);
+        }
+    }
+    out
+}

@@ -17,6 +17,8 @@ struct JsonSummary<'a> {
 struct JsonReport<'a> {
     probes: &'a [ProbeResult],
     summary: JsonSummary<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    verdict: Option<&'a crate::verdict::Verdict>,
 }
 
 /// Renders the report as pretty JSON.
@@ -29,6 +31,7 @@ pub fn render(report: &RunReport) -> String {
             duration_seconds: report.duration.as_secs_f64(),
             config: &report.config,
         },
+        verdict: report.verdict.as_ref(),
     };
     serde_json::to_string_pretty(&doc).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
 }

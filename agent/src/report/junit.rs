@@ -10,8 +10,19 @@ use super::RunReport;
 pub fn render(report: &RunReport) -> String {
     let mut junit = Report::new("patrol");
     junit.set_time(report.duration);
-    for probe in &report.results {
-        junit.add_test_suite(suite(probe));
+    match &report.verdict {
+        None => {
+            for probe in &report.results {
+                junit.add_test_suite(suite(probe));
+            }
+        }
+        Some(verdict) => {
+            // Many rounds of runs: the verdict, plus every run that did not pass.
+            junit.add_test_suite(verdict_suite(verdict));
+            for probe in report.results.iter().filter(|r| !r.result.is_pass()) {
+                junit.add_test_suite(suite(probe));
+            }
+        }
     }
     junit
         .to_string()
@@ -124,4 +135,30 @@ fn failure_detail(step: &StepResult) -> String {
         lines.push(e.clone());
     }
     lines.join("\n")
+}
+
+fn verdict_suite(verdict: &crate::verdict::Verdict) -> TestSuite {
+    use crate::verdict::Decision;
+    let mut suite = TestSuite::new(format!("verdict ({})", verdict.check));
+    suite.add_property(("verdict", verdict.verdict.as_str()));
+    for reason in &verdict.reasons {
+        let status = match reason.decision {
+            Decision::Pass => TestCaseStatus::success(),
+            Decision::Fail => {
+                let mut s = TestCaseStatus::non_success(NonSuccessKind::Failure);
+                s.set_message(reason.message.as_str());
+                s.set_type("fail");
+                s
+            }
+            Decision::Inconclusive => {
+                let mut s = TestCaseStatus::skipped();
+                s.set_message(format!("inconclusive: {}", reason.message));
+                s
+            }
+        };
+        let mut case = TestCase::new(format!("{} {}", reason.probe, reason.rule), status);
+        case.set_classname("verdict");
+        suite.add_test_case(case);
+    }
+    suite
 }

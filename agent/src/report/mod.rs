@@ -68,4 +68,6 @@ pub struct RunReport {
     pub results: Vec<ProbeResult>,
     /// Wall time of the whole run.
     pub duration: Duration,
+    /// The deploy verdict, in verdict modes.
+    pub verdict: Option<crate::verdict::Verdict>,
 }

@@ -3,11 +3,13 @@
 //!
 //! - [`api`]: `/api/v1/probes`, `/api/v1/probes/{name}/runs`, `/api/v1/runs`, `/-/reload`
 //! - [`runs`]: API-triggered runs and their results
+//! - [`hooks`]: `/api/v1/verify` (Argo Rollouts), `/hooks/flagger`, `/hooks/alertmanager`
 //! - [`status_page`]: the HTML page at `/`
 //! - [`artifacts`]: files under `agent.artifacts_dir`
 
 pub mod api;
 pub mod artifacts;
+pub mod hooks;
 pub mod runs;
 pub mod status_page;
 
@@ -42,6 +44,9 @@ pub fn router(state: Shared) -> Router {
         .route("/api/v1/runs", post(api::start_run))
         .route("/api/v1/runs/{id}", get(api::get_run))
         .route("/-/reload", post(api::reload))
+        .route("/api/v1/verify", post(hooks::verify))
+        .route("/hooks/flagger", post(hooks::flagger))
+        .route("/hooks/alertmanager", post(hooks::alertmanager))
         .route("/artifacts/{*path}", get(artifacts::serve))
         .layer(middleware::from_fn_with_state(
             Arc::clone(&state),

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# RSS with PROBES HTTP probes (default 500) of STEPS GETs each (default 2) against a static nginx
+# page, in four runs of a fresh agent:
+#   idle      the probes configured without a schedule: binary, config, registry, no runs;
+#   every10s  `every: 10s` for WINDOW s (default 120), RSS every 10 s: the goal's set-up after
+#             warm-up (each probe has run WINDOW/10 times: its metric series exist, its history
+#             holds WINDOW/10 of the 100 results it keeps);
+#   full      `every: 1s` for FULL s (default 130): every probe's history full (100 results),
+#             which the every10s set-up reaches after 1,000 s;
+#   full, MALLOC_ARENA_MAX=2  the same with glibc limited to 2 malloc arenas (what allocator
+#             fragmentation across tokio's worker threads costs).
+# For each: RSS (anon, file) from /proc, and /metrics size and sample count. blackbox_exporter's
+# RSS for comparison: 13–24 MB (see cpu_per_probe.sh; it keeps no per-target state).
+NO_SHOP=1 source "$(dirname "$0")/common.sh"
+PROBES="${PROBES:-500}"
+STEPS="${STEPS:-2}"
+WINDOW="${WINDOW:-120}"
+FULL="${FULL:-130}"
+machine_notes
+start_nginx
+report() {
+  local label=$1 rss anon file bytes samples runs
+  read -r rss anon file < <(rss_kib "$AGENT_PID")
+  curl -s "$AGENT/metrics" > "$WORK/metrics.txt"
+  bytes=$(wc -c < "$WORK/metrics.txt")
+  samples=$(grep -vc '^#' "$WORK/metrics.txt" || true)
+  runs=$(awk '/^probe_runs_total/ {s += $NF} END {printf "%.0f", s}' "$WORK/metrics.txt")
+  fails=$(awk '/^probe_runs_total/ && !/result="pass"/ {s += $NF} END {printf "%.0f", s}' "$WORK/metrics.txt")
+  printf '%-28s RSS %6.1f MiB (anon %6.1f, file %5.1f)  /metrics %7.1f KiB, %6d samples  runs %6d (non-pass %s)\n' \
+    "$label" "$(bc -l <<< "$rss/1024")" "$(bc -l <<< "$anon/1024")" "$(bc -l <<< "$file/1024")" \
+    "$(bc -l <<< "$bytes/1024")" "$samples" "$runs" "$fails"
+}
+stop_agent() { kill "$AGENT_PID"; wait "$AGENT_PID" 2> /dev/null || true; }
+
+echo "patrol: $PROBES probes × $STEPS steps against nginx"
+probes_config "$WORK/idle.yaml" "$PROBES" none "$STEPS" "$NGINX/"
+start_agent "$WORK/idle.yaml"
+sleep 3
+report "idle (no schedule)"
+stop_agent
+
+probes_config "$WORK/every10.yaml" "$PROBES" 10s "$STEPS" "$NGINX/"
+start_agent "$WORK/every10.yaml"
+for t in $(seq 10 10 "$WINDOW"); do
+  sleep 10
+  report "every10s t=${t}s"
+done
+stop_agent
+
+probes_config "$WORK/full.yaml" "$PROBES" 1s "$STEPS" "$NGINX/"
+start_agent "$WORK/full.yaml"
+sleep "$FULL"
+report "full history (every 1s, ${FULL}s)"
+stop_agent
+
+MALLOC_ARENA_MAX=2 start_agent "$WORK/full.yaml"
+sleep "$FULL"
+report "full, MALLOC_ARENA_MAX=2"
+stop_agent
