@@ -1303,6 +1303,16 @@ async fn every_dashboard_and_rule_query_works_against_prometheus_scraping_the_ag
             prometheus.log()
         );
         if empty.is_empty() {
+            let count = |k: Kind| queries.iter().filter(|q| q.kind == k).count();
+            eprintln!(
+                "evaluated {} panel, {} variable, {} annotation and {} rule queries in {round} \
+                 round(s); allowed no data: {:?}",
+                count(Kind::Panel),
+                count(Kind::Variable),
+                count(Kind::Annotation),
+                count(Kind::Rule),
+                exempt
+            );
             for panel in exempt_with_data {
                 eprintln!("note: {panel:?} has data now; it can leave NO_DATA_HERE");
             }

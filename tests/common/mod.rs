@@ -4,6 +4,8 @@
 //!
 //! Layout:
 //! - running: [`shop`], [`Scratch`], [`Patrol`], [`Run`], [`verify`]
+//! - the agent (`patrol run`): [`Agent`] (a guard that kills the child on drop), [`http`],
+//!   [`Reply`], [`metric`], [`eventually`]
 //! - reading: [`probe`], [`step`], [`names`], [`parse_junit`], [`millis`]
 //! - golden files: [`normalise_console`], [`assert_golden`]
 
@@ -11,8 +13,10 @@
 #![allow(dead_code)]
 
 use std::ffi::OsStr;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use citadel_shop::Shop;
@@ -458,4 +462,414 @@ pub fn assert_golden(path: &Path, actual: &str) {
         expected.lines().nth(first).unwrap_or("<end of file>"),
         actual.lines().nth(first).unwrap_or("<end of output>"),
     );
+}
+
+/// How long an agent may take to print its listening line.
+const AGENT_START_LIMIT: Duration = Duration::from_secs(20);
+
+/// Upper bound on one HTTP exchange with the agent.
+const HTTP_LIMIT: Duration = Duration::from_secs(10);
+
+/// A running `patrol run` child. Dropping it kills the process, so a failing test never leaves
+/// an agent behind. stdout and stderr are drained in the background (a full pipe would block
+/// the agent) and returned by [`Agent::wait`].
+#[derive(Debug)]
+pub struct Agent {
+    child: tokio::process::Child,
+    /// The address from the `patrol agent listening on http://ADDR` line.
+    pub addr: SocketAddr,
+    /// When the process was spawned.
+    pub spawned: Instant,
+    stdout: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
+    readers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        // Err only says the process is already gone.
+        let _ = self.child.start_kill();
+    }
+}
+
+/// Appends everything `from` yields to `into` until EOF.
+fn drain(
+    from: impl tokio::io::AsyncRead + Unpin + Send + 'static,
+    into: Arc<Mutex<String>>,
+) -> tokio::task::JoinHandle<()> {
+    use tokio::io::AsyncBufReadExt as _;
+    tokio::spawn(async move {
+        let mut lines = tokio::io::BufReader::new(from).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            let mut text = into.lock().unwrap_or_else(PoisonError::into_inner);
+            text.push_str(&line);
+            text.push('\n');
+        }
+    })
+}
+
+impl Patrol {
+    /// `patrol run --config <config> --listen 127.0.0.1:0`.
+    pub fn agent(config: &Path) -> Patrol {
+        Patrol::new(["run", "--config"])
+            .arg_path(config)
+            .args(["--listen", "127.0.0.1:0"])
+    }
+
+    /// Spawns the agent and waits for its listening line; fails the test, showing its output,
+    /// if it exits first.
+    pub async fn start(self) -> Agent {
+        match self.try_start().await {
+            Ok(agent) => agent,
+            Err(run) => panic!(
+                "the agent exited with {:?} before listening\n{}",
+                run.code,
+                run.output()
+            ),
+        }
+    }
+
+    /// Spawns the agent and waits for its listening line; `Err` with the finished process when
+    /// it exits first.
+    pub async fn try_start(mut self) -> Result<Agent, Run> {
+        use tokio::io::AsyncBufReadExt as _;
+        let spawned = Instant::now();
+        let mut child = self.command.spawn().expect("spawn the patrol binary");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let stdout = Arc::new(Mutex::new(String::new()));
+        let mut readers = vec![drain(
+            child.stderr.take().expect("stderr is piped"),
+            Arc::clone(&stderr),
+        )];
+        let mut lines =
+            tokio::io::BufReader::new(child.stdout.take().expect("stdout is piped")).lines();
+        let listening = tokio::time::timeout(AGENT_START_LIMIT, async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                let mut text = stdout.lock().unwrap_or_else(PoisonError::into_inner);
+                text.push_str(&line);
+                text.push('\n');
+                if let Some(addr) = line.strip_prefix("patrol agent listening on http://") {
+                    return Some(addr.parse::<SocketAddr>().unwrap_or_else(|e| {
+                        panic!("`{addr}` in the listening line is not an address: {e}")
+                    }));
+                }
+            }
+            None
+        })
+        .await
+        .unwrap_or_else(|_| panic!("the agent printed no listening line in {AGENT_START_LIMIT:?}"));
+        let Some(addr) = listening else {
+            // stdout closed: the process is exiting.
+            let status = tokio::time::timeout(RUN_LIMIT, child.wait())
+                .await
+                .unwrap_or_else(|_| panic!("patrol closed stdout but did not exit"))
+                .expect("wait for patrol");
+            for reader in readers {
+                let _ = reader.await;
+            }
+            let take = |s: &Arc<Mutex<String>>| {
+                std::mem::take(&mut *s.lock().unwrap_or_else(PoisonError::into_inner))
+            };
+            return Err(Run {
+                code: status.code(),
+                stdout: take(&stdout),
+                stderr: take(&stderr),
+                elapsed: spawned.elapsed(),
+            });
+        };
+        readers.push(tokio::spawn({
+            let stdout = Arc::clone(&stdout);
+            async move {
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let mut text = stdout.lock().unwrap_or_else(PoisonError::into_inner);
+                    text.push_str(&line);
+                    text.push('\n');
+                }
+            }
+        }));
+        Ok(Agent {
+            child,
+            addr,
+            spawned,
+            stdout,
+            stderr,
+            readers,
+        })
+    }
+}
+
+/// One HTTP response, body as text.
+#[derive(Debug)]
+pub struct Reply {
+    /// Status code.
+    pub status: u16,
+    /// Headers, names lower-case.
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: String,
+}
+
+impl Reply {
+    /// A header's value.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as JSON, failing the test when it is not.
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "the body (status {}) is not JSON ({e}):\n{}",
+                self.status, self.body
+            )
+        })
+    }
+
+    /// Fails the test, showing the body, unless the status is `status`.
+    pub fn assert_status(&self, status: u16) -> &Reply {
+        assert_eq!(
+            self.status, status,
+            "unexpected status; body:\n{}",
+            self.body
+        );
+        self
+    }
+}
+
+/// One HTTP/1.1 exchange with `addr` on a fresh connection (`Connection: close`, so the answer
+/// ends at EOF). A small client of its own keeps the tests free of an HTTP client dependency.
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> Reply {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-length: {}\r\n",
+            body.len()
+        );
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("\r\n");
+        stream
+            .write_all(head.as_bytes())
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path}: sending: {e}"));
+        // The server may answer (413) and close before reading a large body; its answer is
+        // still there to read.
+        let _ = stream.write_all(&body).await;
+        let mut raw = Vec::new();
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) => break,
+                Ok(n) => raw.extend_from_slice(&buf[..n]),
+                // A reset after the answer (unread request body) ends it like EOF.
+                Err(_) if !raw.is_empty() => break,
+                Err(e) => panic!("{method} {path}: reading: {e}"),
+            }
+        }
+        parse_response(&raw).unwrap_or_else(|| {
+            panic!(
+                "{method} {path}: not an HTTP response:\n{}",
+                String::from_utf8_lossy(&raw)
+            )
+        })
+    };
+    tokio::time::timeout(HTTP_LIMIT, exchange)
+        .await
+        .unwrap_or_else(|_| panic!("{method} {path} got no answer in {HTTP_LIMIT:?}"))
+}
+
+/// Parses a whole HTTP/1.1 response: status line, headers, and a body delimited by
+/// `content-length`, chunked encoding, or EOF.
+fn parse_response(raw: &[u8]) -> Option<Reply> {
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&raw[..end]).ok()?;
+    let mut lines = head.split("\r\n");
+    let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let rest = &raw[end + 4..];
+    let body = if header("transfer-encoding").is_some_and(|t| t.contains("chunked")) {
+        dechunk(rest)?
+    } else if let Some(length) = header("content-length") {
+        rest.get(..length.parse::<usize>().ok()?)?.to_vec()
+    } else {
+        rest.to_vec()
+    };
+    Some(Reply {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}
+
+/// Decodes a chunked body.
+fn dechunk(mut rest: &[u8]) -> Option<Vec<u8>> {
+    let mut body = Vec::new();
+    loop {
+        let line_end = rest.windows(2).position(|w| w == b"\r\n")?;
+        let size_text = std::str::from_utf8(&rest[..line_end]).ok()?;
+        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+        rest = &rest[line_end + 2..];
+        if size == 0 {
+            return Some(body);
+        }
+        body.extend_from_slice(rest.get(..size)?);
+        rest = rest.get(size + 2..)?;
+    }
+}
+
+impl Agent {
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("the agent is still running")
+    }
+
+    /// `GET path`.
+    pub async fn get(&self, path: &str) -> Reply {
+        http(self.addr, "GET", path, &[], Vec::new()).await
+    }
+
+    /// `POST path` with a JSON body, and `Authorization: Bearer <token>` when given.
+    pub async fn post(&self, path: &str, json: &str, token: Option<&str>) -> Reply {
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let mut headers = vec![("content-type", "application/json")];
+        if let Some(auth) = &auth {
+            headers.push(("authorization", auth.as_str()));
+        }
+        http(self.addr, "POST", path, &headers, json.as_bytes().to_vec()).await
+    }
+
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        self.get("/metrics").await.assert_status(200).body.clone()
+    }
+
+    /// `POST /api/v1/runs` with `body`; returns the run id (the answer must be 202).
+    pub async fn start_run(&self, body: &str, token: Option<&str>) -> String {
+        let reply = self.post("/api/v1/runs", body, token).await;
+        reply.assert_status(202);
+        let json = reply.json();
+        assert_eq!(json["status"], "running", "{json:#}");
+        json["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no run id in {json:#}"))
+            .to_string()
+    }
+
+    /// Polls `GET /api/v1/runs/{id}` until its status is `done`; returns the record.
+    pub async fn finished_run(&self, id: &str) -> Value {
+        eventually(&format!("run {id} to finish"), RUN_LIMIT, async || {
+            let run = self
+                .get(&format!("/api/v1/runs/{id}"))
+                .await
+                .assert_status(200)
+                .json();
+            (run["status"] == "done").then_some(run)
+        })
+        .await
+    }
+
+    /// Runs the probes named in `body` (a `POST /api/v1/runs` body) and waits for the results.
+    pub async fn run(&self, body: &str, token: Option<&str>) -> Value {
+        let id = self.start_run(body, token).await;
+        self.finished_run(&id).await
+    }
+
+    /// Sends a signal by name (`HUP`, `TERM`) with `kill`.
+    pub async fn signal(&self, name: &str) {
+        let status = tokio::process::Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status()
+            .await
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} failed: {status}");
+    }
+
+    /// stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Waits up to `limit` for the process to exit; returns its exit code and whole output.
+    /// `elapsed` is measured from the spawn.
+    pub async fn wait(&mut self, limit: Duration) -> Run {
+        let status = tokio::time::timeout(limit, self.child.wait())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "the agent did not exit within {limit:?}\n--- stderr\n{}",
+                    self.stderr()
+                )
+            })
+            .expect("wait for the agent");
+        let elapsed = self.spawned.elapsed();
+        for reader in self.readers.drain(..) {
+            let _ = reader.await;
+        }
+        let take =
+            |s: &Arc<Mutex<String>>| s.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        Run {
+            code: status.code(),
+            stdout: take(&self.stdout),
+            stderr: take(&self.stderr),
+            elapsed,
+        }
+    }
+}
+
+/// The value of the one series that is exactly `series` (metric name and labels as the
+/// exposition prints them, labels in alphabetical order, `le` last) in Prometheus text.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    let prefix = format!("{series} ");
+    text.lines().find_map(|l| {
+        l.strip_prefix(&prefix).map(|v| {
+            v.trim()
+                .parse()
+                .unwrap_or_else(|e| panic!("`{l}` has no numeric value: {e}"))
+        })
+    })
+}
+
+/// Polls `check` every 50 ms until it yields a value; fails the test after `limit`.
+pub async fn eventually<T>(
+    what: &str,
+    limit: Duration,
+    mut check: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -112,8 +112,14 @@ pub async fn verify_in_agent(
     let loaded = state.loaded();
     let names: Vec<String> = probes.iter().map(|p| p.spec.name.clone()).collect();
     let now_ms = chrono::Utc::now().timestamp_millis();
-    let since = now_ms - loaded.config.verify.baseline.as_millis() as i64;
-    let base = baseline::from_history(&state.history, &names, since, now_ms);
+    // The baseline ends when the deploy happened: runs after it belong to the new version.
+    let until = deploy
+        .as_ref()
+        .and_then(|d| d.at_ms)
+        .unwrap_or(now_ms)
+        .min(now_ms);
+    let since = until - loaded.config.verify.baseline.as_millis() as i64;
+    let base = baseline::from_history(&state.history, &names, since, until);
     if let Some(d) = &deploy {
         state.metrics.record_deploy(
             d.version.as_deref().unwrap_or(""),

@@ -163,6 +163,7 @@ pub async fn flagger(
         version: payload.checksum.clone(),
         environment: Some(payload.namespace.clone()),
         track: None,
+        at_ms: None,
     };
     let rounds = state.loaded().config.verify.runs.clamp(1, 100);
     let outcome = verify_in_agent(&state, chosen, rounds, Some(deploy), Some(key.clone())).await;

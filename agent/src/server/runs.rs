@@ -25,6 +25,9 @@ pub struct Deploy {
     /// stable, canary or baseline.
     #[serde(default)]
     pub track: Option<String>,
+    /// When the deploy happened (unix milliseconds): the baseline ends here. Default: now.
+    #[serde(default)]
+    pub at_ms: Option<i64>,
 }
 
 /// One API-triggered run.

@@ -1,6 +1,7 @@
 //! The runbook's rollback rules against a pre-deploy baseline: the error rate rose by more than
 //! `error_rate_increase` points, p95 latency rose by more than `latency_increase` (and by more
-//! than `min_latency_increase`, and — with enough samples — significantly by Mann-Whitney), or a
+//! than `min_latency_increase`, and — with enough samples — Mann-Whitney is 95% confident the
+//! shift exceeds `min_latency_increase`), or a
 //! probe tagged `health` failed.
 
 use std::collections::{BTreeMap, HashSet};
@@ -122,17 +123,20 @@ fn latency(
         // With raw samples on both sides, only a significant shift counts: jitter is not a
         // regression.
         if before.samples.len() >= 5 && now.samples.len() >= 5 {
+            // Confident (95%) that the typical latency rose by more than the noise floor.
             if let Some(mw) = mann_whitney(&before.samples, &now.samples)
-                && (mw.p_value >= 0.05 || mw.ci.0 <= 0.0)
+                && (mw.p_value >= 0.05 || mw.ci.0 <= rules.min_latency_increase)
             {
                 push(
                     Decision::Pass,
                     "latency",
                     format!(
-                        "p95 {} vs {} before, but the shift is not significant (Mann-Whitney p={:.3})",
+                        "p95 {} vs {} before, but the shift is not significant (Mann-Whitney p={:.3}, 95% CI of the shift {} to {})",
                         ms(n),
                         ms(b),
-                        mw.p_value
+                        mw.p_value,
+                        ms(mw.ci.0),
+                        ms(mw.ci.1)
                     ),
                 );
                 return;

@@ -146,11 +146,29 @@ async fn status_ready(port: u16, until: Instant) -> bool {
         let request =
             format!("GET /status HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
         stream.write_all(request.as_bytes()).await.ok()?;
+        // chromedriver answers `Connection: close` but keeps the socket open: read by length.
         let mut response = Vec::with_capacity(1024);
-        stream.read_to_end(&mut response).await.ok()?;
-        let text = String::from_utf8_lossy(&response);
-        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-        let json: serde_json::Value = serde_json::from_str(body).ok()?;
+        let body = loop {
+            let mut chunk = [0u8; 1024];
+            let n = stream.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            response.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&response);
+            let Some((head, body)) = text.split_once("\r\n\r\n") else {
+                continue;
+            };
+            let length = head
+                .lines()
+                .filter_map(|l| l.split_once(':'))
+                .find(|(name, _)| name.trim().eq_ignore_ascii_case("content-length"))
+                .and_then(|(_, v)| v.trim().parse::<usize>().ok())?;
+            if body.len() >= length {
+                break body.to_string();
+            }
+        };
+        let json: serde_json::Value = serde_json::from_str(&body).ok()?;
         json.pointer("/value/ready")
             .and_then(serde_json::Value::as_bool)
     };
