@@ -9,7 +9,8 @@
 #             which the every10s set-up reaches after 1,000 s;
 #   full, MALLOC_ARENA_MAX=2  the same with glibc limited to 2 malloc arenas (what allocator
 #             fragmentation across tokio's worker threads costs).
-# For each: RSS (anon, file) from /proc, and /metrics size and sample count. blackbox_exporter's
+# For each: RSS (anon, file) from /proc before any scrape of /metrics, then the scrape's size,
+# sample count and time, and RSS after it. blackbox_exporter's
 # RSS for comparison: 13–24 MB (see cpu_per_probe.sh; it keeps no per-target state).
 NO_SHOP=1 source "$(dirname "$0")/common.sh"
 PROBES="${PROBES:-500}"
@@ -18,17 +19,32 @@ WINDOW="${WINDOW:-120}"
 FULL="${FULL:-130}"
 machine_notes
 start_nginx
+# RSS now, then one /metrics scrape (its time and size), then RSS again: rendering /metrics
+# allocates a copy of every series, and glibc keeps most of that memory afterwards.
 report() {
-  local label=$1 rss anon file bytes samples runs
-  read -r rss anon file < <(rss_kib "$AGENT_PID")
-  curl -s "$AGENT/metrics" > "$WORK/metrics.txt"
+  local label=$1 before after bytes samples runs fails took
+  before=$(rss_kib "$AGENT_PID")
+  took=$(curl -s -o "$WORK/metrics.txt" -w '%{time_total}' "$AGENT/metrics")
+  after=$(rss_kib "$AGENT_PID")
   bytes=$(wc -c < "$WORK/metrics.txt")
   samples=$(grep -vc '^#' "$WORK/metrics.txt" || true)
   runs=$(awk '/^probe_runs_total/ {s += $NF} END {printf "%.0f", s}' "$WORK/metrics.txt")
   fails=$(awk '/^probe_runs_total/ && !/result="pass"/ {s += $NF} END {printf "%.0f", s}' "$WORK/metrics.txt")
-  printf '%-28s RSS %6.1f MiB (anon %6.1f, file %5.1f)  /metrics %7.1f KiB, %6d samples  runs %6d (non-pass %s)\n' \
-    "$label" "$(bc -l <<< "$rss/1024")" "$(bc -l <<< "$anon/1024")" "$(bc -l <<< "$file/1024")" \
-    "$(bc -l <<< "$bytes/1024")" "$samples" "$runs" "$fails"
+  python3 - "$label" "$before" "$after" "$bytes" "$samples" "$runs" "$fails" "$took" << 'PY'
+import sys
+label, before, after, size, samples, runs, fails, took = sys.argv[1:]
+mib = lambda kib: int(kib) / 1024
+b, a = before.split(), after.split()
+print(f"{label:30s} RSS {mib(b[0]):6.1f} MiB (anon {mib(b[1]):5.1f}, file {mib(b[2]):4.1f}); "
+      f"after a scrape {mib(a[0]):6.1f} MiB;  /metrics {int(size) / 1048576:5.2f} MiB, {samples} samples, "
+      f"{float(took) * 1000:.0f} ms;  runs {runs} (non-pass {fails})")
+PY
+}
+# RSS only, no scrape.
+rss_line() {
+  local rss anon file
+  read -r rss anon file < <(rss_kib "$AGENT_PID")
+  printf '%-30s RSS %6.1f MiB (anon %5.1f, file %4.1f)\n' "$1" "$(bc -l <<< "$rss/1024")" "$(bc -l <<< "$anon/1024")" "$(bc -l <<< "$file/1024")"
 }
 stop_agent() { kill "$AGENT_PID"; wait "$AGENT_PID" 2> /dev/null || true; }
 
@@ -41,10 +57,14 @@ stop_agent
 
 probes_config "$WORK/every10.yaml" "$PROBES" 10s "$STEPS" "$NGINX/"
 start_agent "$WORK/every10.yaml"
-for t in $(seq 10 10 "$WINDOW"); do
+for t in $(seq 10 10 $((WINDOW - 10))); do
   sleep 10
-  report "every10s t=${t}s"
+  rss_line "every10s t=${t}s"
 done
+sleep 10
+report "every10s t=${WINDOW}s"
+sleep 10
+rss_line "every10s t=$((WINDOW + 10))s"
 stop_agent
 
 probes_config "$WORK/full.yaml" "$PROBES" 1s "$STEPS" "$NGINX/"

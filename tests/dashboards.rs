@@ -3,10 +3,12 @@
 //! - rules: `promtool check rules` and `promtool test rules` on every file in dashboards/alerts,
 //!   and every alert has a test case that fires it and one that does not
 //! - live: a real Prometheus (the binary on PATH) scrapes a real `patrol run` probing the
-//!   in-process shop (passing, failing, skipped, timing-out and HTTPS probes, and a deploy posted
-//!   to the API); every PromQL expression of every dashboard panel, variable and annotation and
-//!   of every rule is evaluated through Prometheus' HTTP API: each must parse, every panel and
-//!   variable query must return data (except the few listed in [`NO_DATA_HERE`]), and every
+//!   in-process shop: passing, failing (with skipped steps), timing-out and overlapping probes, an
+//!   HTTPS target, a browser probe (where Chromium is installed), a deploy posted to the API and
+//!   a failing deploy verification with its (dry-run) rollback action. Every PromQL expression of
+//!   every dashboard panel, variable and annotation and of every rule is evaluated through
+//!   Prometheus' HTTP API: each must parse, every panel and variable query must return data
+//!   (the web vitals panels only where Chromium is installed: [`BROWSER_PANELS`]), and every
 //!   rule loaded into Prometheus must evaluate without error
 //! - names: every metric name used in dashboards/ and deploy/ is in the agent's /metrics
 //! - Grafana: dashboard JSON and provisioning YAML are well-formed and use the datasource variable
@@ -40,37 +42,14 @@ use common::{Scratch, closed_port, workspace_root};
 // ------------------------------------------------------------------------------------------------
 // Known gaps, each with its reason. Keep these lists short and explained.
 
-/// Dashboard panel titles whose queries may return no data in the live test, and why. Their
-/// queries must still parse and evaluate without error.
-const NO_DATA_HERE: &[(&str, &str)] = &[
-    (
-        "Browser web vitals p75",
-        "the browser engine does not measure web vitals yet (probe_browser_web_vital_seconds is \
-         recorded from StepResult::vitals, which nothing sets), so no series exists",
-    ),
-    (
-        "Web vitals p75",
-        "as above: the drill-down's web vitals panel needs vitals from the browser engine",
-    ),
-    (
-        "Rollback actions",
-        "patrol_rollback_actions_total gets a series only when a failed verdict runs the rollback \
-         action, which the agent does not do yet",
-    ),
-];
+/// Dashboard panels that need a browser probe: they must have data where Chromium and
+/// chromedriver are installed (the live agent then runs a browser probe), and may have none
+/// where they are not. Their queries must parse everywhere.
+const BROWSER_PANELS: &[&str] = &["Browser web vitals p75", "Web vitals p75"];
 
-/// Metric families the agent defines (agent/src/metrics.rs) but does not export in the live
-/// test, because nothing in it records them. Each must still be defined in metrics.rs.
-const NOT_EXPORTED_HERE: &[(&str, &str)] = &[
-    (
-        "probe_browser_web_vital_seconds",
-        "no web vitals are measured yet (see NO_DATA_HERE)",
-    ),
-    (
-        "patrol_rollback_actions_total",
-        "no rollback action runs without a failed verdict",
-    ),
-];
+/// Metric families only browser probes produce: exported only where Chromium is installed.
+/// Each must still be defined in agent/src/metrics.rs.
+const BROWSER_METRICS: &[&str] = &["probe_browser_web_vital_seconds"];
 
 /// Series every Prometheus has, which dashboards and rules may use besides the agent's.
 const PROMETHEUS_SERIES: &[&str] = &["up", "ALERTS"];
@@ -938,8 +917,27 @@ async fn tls_server() -> SocketAddr {
     addr
 }
 
-/// The config of the live agent: every kind of result the dashboards show.
-fn live_config(shop: &str, secure: SocketAddr) -> String {
+/// Chromium and chromedriver where the agent's config looks for them by default, when both are
+/// there (CI installs them: .ci/run).
+fn chromium() -> bool {
+    Path::new("/usr/bin/chromium").is_file() && Path::new("/usr/bin/chromedriver").is_file()
+}
+
+/// A browser probe of the shop's home page, for web vitals.
+const BROWSER_PROBE: &str = r#"  # A real headless Chromium: web vitals.
+  - name: storefront
+    type: browser
+    schedule: { every: 2s }
+    timeout: 20s
+    steps:
+      - name: home
+        goto: "{{ api }}/"
+"#;
+
+/// The config of the live agent: every kind of result the dashboards show (web vitals only
+/// with `browser`).
+fn live_config(shop: &str, secure: SocketAddr, browser: bool) -> String {
+    let browser_probe = if browser { BROWSER_PROBE } else { "" };
     format!(
         r#"agent:
   location: lab
@@ -949,6 +947,8 @@ vars:
   secure: https://{secure}
 defaults:
   timeout: 5s
+verify:
+  action: {{ command: ["true"], dry_run: true }}
 probes:
   # Passes.
   - name: health
@@ -993,6 +993,15 @@ probes:
       - name: home
         request: {{ url: "{{{{ secure }}}}/" }}
         assert: [ status == 200 ]
+  # On demand only, tagged health, and failing: a deploy verification of it fails, and the
+  # rollback action (a dry run) is recorded.
+  - name: gate
+    type: http
+    tags: [health]
+    steps:
+      - name: health
+        request: {{ url: "{{{{ api }}}}/api/health" }}
+        assert: [ status == 503 ]
   # Another location's probe: this agent must not run it.
   - name: elsewhere
     type: http
@@ -1001,7 +1010,7 @@ probes:
     steps:
       - name: health
         request: {{ url: "{{{{ api }}}}/api/health" }}
-"#
+{browser_probe}"#
     )
 }
 
@@ -1010,6 +1019,8 @@ probes:
 struct LiveAgent {
     /// The agent's address.
     addr: SocketAddr,
+    /// Whether it runs a browser probe.
+    browser: bool,
     _shop: citadel_shop::Shop,
     _child: tokio::process::Child,
     scratch: Scratch,
@@ -1038,7 +1049,14 @@ async fn live_agent() -> LiveAgent {
     let shop = common::shop().await;
     let secure = tls_server().await;
     let scratch = Scratch::new();
-    let config = scratch.write("patrol.yaml", &live_config(&shop.url(), secure));
+    let browser = chromium();
+    if !browser {
+        eprintln!(
+            "note: no /usr/bin/chromium and /usr/bin/chromedriver: no browser probe, so the web \
+             vitals panels are allowed to have no data"
+        );
+    }
+    let config = scratch.write("patrol.yaml", &live_config(&shop.url(), secure, browser));
     let log = std::fs::File::create(scratch.file("agent.log")).expect("create the agent log");
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_patrol"))
         .arg("run")
@@ -1076,6 +1094,7 @@ async fn live_agent() -> LiveAgent {
                 std::fs::read_to_string(scratch.file("agent.log")).unwrap_or_default()
             )
         }),
+        browser,
         _shop: shop,
         _child: child,
         scratch,
@@ -1092,7 +1111,20 @@ async fn live_agent() -> LiveAgent {
     .await;
     assert_eq!(status, 202, "POST /api/v1/runs: {body}");
 
-    let needed = [
+    // A deploy verification that fails (its health probe fails): a verdict and a rollback action.
+    let (status, body) = http(
+        "POST",
+        &agent.url("/api/v1/verify"),
+        "application/json",
+        json!({"probes": ["gate"], "runs": 1, "deploy": {"version": "1.2.3", "environment": "test"}})
+            .to_string(),
+    )
+    .await;
+    assert_eq!(status, 200, "POST /api/v1/verify: {body}");
+    let verdict: Value = serde_json::from_str(&body).expect("JSON from /api/v1/verify");
+    assert_eq!(verdict["verdict"], "fail", "{verdict:#}");
+
+    let mut needed = vec![
         r#"probe_success{location="lab",probe="health",type="http"} 1"#,
         r#"probe_success{location="lab",probe="checkout",type="http"} 0"#,
         r#"probe_step_success{location="lab",probe="checkout",step="after",type="http"} 0"#,
@@ -1101,8 +1133,13 @@ async fn live_agent() -> LiveAgent {
         r#"probe_runs_total{location="lab",probe="slow",result="timeout",type="http"}"#,
         r#"patrol_runs_skipped_total{probe="slow",reason="overlap"}"#,
         r#"patrol_deploy_info{environment="test",version="1.2.3"} 1"#,
+        r#"patrol_deploy_verification_total{verdict="fail"} 1"#,
+        r#"patrol_rollback_actions_total{result="dry_run"} 1"#,
     ];
-    let deadline = Instant::now() + Duration::from_secs(30);
+    if agent.browser {
+        needed.push(r#"probe_browser_web_vital_seconds_count{location="lab",probe="storefront","#);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let text = agent.metrics().await;
         let missing: Vec<&str> = needed
@@ -1119,7 +1156,7 @@ async fn live_agent() -> LiveAgent {
         }
         assert!(
             Instant::now() < deadline,
-            "the agent's /metrics still lacks {missing:?} after 30s:\n{text}\n--- agent log\n{}",
+            "the agent's /metrics still lacks {missing:?} after 60s:\n{text}\n--- agent log\n{}",
             agent.log()
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -1248,13 +1285,17 @@ async fn every_dashboard_and_rule_query_works_against_prometheus_scraping_the_ag
         .into_iter()
         .chain(rule_queries())
         .collect();
-    let exempt: BTreeSet<&str> = NO_DATA_HERE.iter().map(|(p, _)| *p).collect();
-    for (panel, _) in NO_DATA_HERE {
+    for panel in BROWSER_PANELS {
         assert!(
             queries.iter().any(|q| q.panel == *panel),
-            "NO_DATA_HERE names {panel:?}, which no dashboard has: remove it"
+            "BROWSER_PANELS names {panel:?}, which no dashboard has"
         );
     }
+    let exempt: BTreeSet<&str> = if agent.browser {
+        BTreeSet::new()
+    } else {
+        BROWSER_PANELS.iter().copied().collect()
+    };
 
     // Parse errors do not go away: report them at once. Missing data may be data not scraped
     // yet: retry until every panel has some, or the deadline.
@@ -1264,7 +1305,6 @@ async fn every_dashboard_and_rule_query_works_against_prometheus_scraping_the_ag
         round += 1;
         let mut errors = Vec::new();
         let mut empty = Vec::new();
-        let mut exempt_with_data = Vec::new();
         for q in &queries {
             let promql = grafana_to_promql(&q.expr, &variables);
             match prometheus.query(&promql).await {
@@ -1280,9 +1320,6 @@ async fn every_dashboard_and_rule_query_works_against_prometheus_scraping_the_ag
                             empty.push(format!("{}\n    {promql}", q.origin));
                         }
                         continue;
-                    }
-                    if exempt.contains(q.panel.as_str()) {
-                        exempt_with_data.push(q.panel.clone());
                     }
                     if let Some(label) = &q.label {
                         let series = data["result"].as_array().cloned().unwrap_or_default();
@@ -1313,9 +1350,6 @@ async fn every_dashboard_and_rule_query_works_against_prometheus_scraping_the_ag
                 count(Kind::Rule),
                 exempt
             );
-            for panel in exempt_with_data {
-                eprintln!("note: {panel:?} has data now; it can leave NO_DATA_HERE");
-            }
             break;
         }
         assert!(
@@ -1401,12 +1435,13 @@ async fn every_metric_name_used_exists_in_the_agents_metrics() {
         .filter_map(|(_, r)| r["record"].as_str().map(String::from))
         .collect();
     let metrics_rs = read(&workspace_root().join("agent/src/metrics.rs"));
-    for (family, _) in NOT_EXPORTED_HERE {
+    for family in BROWSER_METRICS {
         assert!(
             metrics_rs.contains(&format!("\"{family}\"")),
-            "NOT_EXPORTED_HERE names {family}, which agent/src/metrics.rs does not define"
+            "BROWSER_METRICS names {family}, which agent/src/metrics.rs does not define"
         );
     }
+    let not_exported: &[&str] = if agent.browser { &[] } else { BROWSER_METRICS };
     let family_of = |name: &str| {
         ["_bucket", "_sum", "_count"]
             .iter()
@@ -1420,9 +1455,7 @@ async fn every_metric_name_used_exists_in_the_agents_metrics() {
             !exported.contains(*name)
                 && !recorded.contains(*name)
                 && !PROMETHEUS_SERIES.contains(&name.as_str())
-                && !NOT_EXPORTED_HERE
-                    .iter()
-                    .any(|(f, _)| *f == family_of(name) || *f == name.as_str())
+                && !not_exported.contains(&family_of(name).as_str())
         })
         .map(|(name, origins)| {
             format!(

@@ -493,6 +493,12 @@ async fn a_mobile_viewport_emulates_a_phone_and_can_switch_back() {
             ),
             step("nav_hidden", BrowserAction::AssertHidden(t(".desktop-nav"))),
             step("to_desktop", BrowserAction::Viewport(desktop)),
+            step(
+                "dbg0",
+                BrowserAction::Eval(t(
+                    "return [window.innerWidth, window.outerWidth, devicePixelRatio, navigator.userAgent, 0]",
+                )),
+            ),
             step("reload", BrowserAction::Goto(t("{{ shop }}/products"))),
             step(
                 "dbg",
@@ -513,7 +519,7 @@ async fn a_mobile_viewport_emulates_a_phone_and_can_switch_back() {
                 BrowserAction::Eval(t("return window.innerWidth === 390")),
             ),
         ],
-        Some(phone),
+        None,
     );
     let result = run_probe(&spec, &env.runtime).await;
     assert_eq!(result.result, Outcome::Pass, "{}", describe(&result));
@@ -735,5 +741,54 @@ async fn bench_six_step_probe_with_warm_chromedriver() {
         walls[walls.len() - 1],
         median(&steps_only)
     );
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn zz_explore() {
+    let _serial = SERIAL.lock().await;
+    let env = env(Masker::default()).await;
+    let phone = Viewport {
+        width: 390,
+        height: 844,
+        mobile: true,
+    };
+    let desktop = Viewport {
+        width: 1280,
+        height: 800,
+        mobile: false,
+    };
+    let dbg = || {
+        BrowserAction::Eval(t(
+            "return [window.innerWidth, window.outerWidth, devicePixelRatio, navigator.userAgent.slice(0, 40), navigator.maxTouchPoints, 0]",
+        ))
+    };
+    for start in [None, Some(phone)] {
+        let spec = probe(
+            "explore",
+            vec![
+                step("home", BrowserAction::Goto(t("{{ shop }}/"))),
+                step("d0", dbg()),
+                step("to_phone", BrowserAction::Viewport(phone)),
+                step("d1", dbg()),
+                step("nav1", BrowserAction::Goto(t("{{ shop }}/products"))),
+                step("d2", dbg()),
+                step("to_desktop", BrowserAction::Viewport(desktop)),
+                step("d3", dbg()),
+                step("nav2", BrowserAction::Goto(t("{{ shop }}/"))),
+                step("d4", dbg()),
+            ],
+            start,
+        );
+        let result = run_probe(&spec, &env.runtime).await;
+        for s in &result.steps {
+            println!(
+                "{} {:?} {:?}",
+                s.name,
+                s.result,
+                s.asserts.first().and_then(|a| a.actual.clone())
+            );
+        }
+    }
     env.finish().await;
 }

@@ -873,3 +873,100 @@ pub async fn eventually<T>(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// `patrol verify` on `config` (the whole file's text) with a JSON report (`report.json` in the
+/// scratch dir) and `extra` arguments; for targets other than the shop (fault fixtures).
+pub async fn verify_config(config: &str, extra: &[&str]) -> Verified {
+    let scratch = Scratch::new();
+    let path = scratch.write("patrol.yaml", config);
+    let run = Patrol::new(["verify", "--config"])
+        .arg_path(&path)
+        .args(["--report-json", "report.json"])
+        .args(extra)
+        .current_dir(scratch.path())
+        .run()
+        .await;
+    let text = scratch.read("report.json");
+    let report = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("the JSON report does not parse ({e}):\n{text}\n{}", run.output()));
+    Verified {
+        run,
+        report,
+        scratch,
+    }
+}
+
+/// A raw TCP server on `127.0.0.1:0` for the faults no well-behaved server commits (resets,
+/// hangs, trickles, endless or lying bodies): every accepted connection is handed to the
+/// handler in a task of its own. Dropping it stops the server and aborts every connection.
+#[derive(Debug)]
+pub struct RawServer {
+    /// The bound address.
+    pub addr: SocketAddr,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RawServer {
+    fn drop(&mut self) {
+        // The connection tasks live in the accept task's JoinSet: aborting it aborts them.
+        self.accept.abort();
+    }
+}
+
+impl RawServer {
+    /// Starts serving; `handler` gets each connection.
+    pub async fn start<F, Fut>(handler: F) -> RawServer
+    where
+        F: Fn(tokio::net::TcpStream) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a free loopback port");
+        let addr = listener.local_addr().expect("bound address");
+        let accept = tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => match accepted {
+                        Ok((stream, _)) => {
+                            connections.spawn(handler(stream));
+                        }
+                        Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                    },
+                    // Reap finished connections so the set does not grow.
+                    Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                }
+            }
+        });
+        RawServer { addr, accept }
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+/// Reads a request's head (up to the blank line); the text read, lossily decoded.
+pub async fn read_request_head<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> String {
+    use tokio::io::AsyncReadExt as _;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && head.len() < 64 * 1024 {
+        match stream.read(&mut byte).await {
+            Ok(1) => head.push(byte[0]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+/// Closes `stream` with a TCP RST instead of a FIN (SO_LINGER of zero, then close).
+pub fn reset(stream: tokio::net::TcpStream) {
+    let socket = socket2::SockRef::from(&stream);
+    socket
+        .set_linger(Some(Duration::ZERO))
+        .expect("set SO_LINGER to zero");
+    drop(stream);
+}

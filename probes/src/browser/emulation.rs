@@ -1,6 +1,11 @@
-//! Window size and mobile emulation: at session start through chromedriver's
-//! `mobileEmulation` capability, mid-session through the DevTools `Emulation` domain
-//! (chromedriver's `goog/cdp/execute`), since WebDriver itself can only resize the window.
+//! Window size and mobile emulation through the DevTools `Emulation` domain (chromedriver's
+//! `goog/cdp/execute`): WebDriver itself can only resize the window.
+//!
+//! Emulation is applied this way at session start too, not through chromedriver's
+//! `mobileEmulation` capability: chromedriver re-applies that capability's metrics and user agent
+//! on every navigation, so a `viewport` step switching a phone session to desktop would silently
+//! revert at the next `goto` (measured with chromedriver 156). DevTools overrides stay until
+//! changed, across navigations, in both directions.
 
 use fantoccini::Client;
 use fantoccini::error::CmdError;
@@ -19,21 +24,11 @@ pub(crate) const DEFAULT_VIEWPORT: Viewport = Viewport {
 /// Device pixel ratio of an emulated phone.
 const MOBILE_PIXEL_RATIO: u32 = 3;
 
+/// The Chrome major version the phone claims to run.
+const MOBILE_MAJOR_VERSION: &str = "156";
+
 /// The user agent of an emulated phone: Chrome on Android, the engine actually running.
 pub(crate) const MOBILE_USER_AGENT: &str = "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/156.0.0.0 Mobile Safari/537.36";
-
-/// `goog:chromeOptions.mobileEmulation` for a phone of this size.
-pub(crate) fn mobile_emulation(viewport: Viewport) -> Value {
-    json!({
-        "deviceMetrics": {
-            "width": viewport.width,
-            "height": viewport.height,
-            "pixelRatio": MOBILE_PIXEL_RATIO,
-            "touch": true,
-        },
-        "userAgent": MOBILE_USER_AGENT,
-    })
-}
 
 /// A DevTools command sent through chromedriver.
 #[derive(Debug)]
@@ -63,13 +58,9 @@ async fn cdp(client: &Client, cmd: &str, params: Value) -> Result<Value, CmdErro
     client.issue_cmd(Cdp { body }).await
 }
 
-/// Switches the current tab to `viewport`: a resized window, and device metrics, touch and user
-/// agent on or off. `desktop_user_agent` is what a desktop session reports without emulation.
-pub(crate) async fn apply(
-    client: &Client,
-    viewport: Viewport,
-    desktop_user_agent: &str,
-) -> Result<(), CmdError> {
+/// Switches the current tab to `viewport`: a resized window, and phone metrics (device pixel
+/// ratio 3), touch and a mobile user agent (with matching client hints) on or off.
+pub(crate) async fn apply(client: &Client, viewport: Viewport) -> Result<(), CmdError> {
     client
         .set_window_size(viewport.width, viewport.height)
         .await?;
@@ -94,45 +85,38 @@ pub(crate) async fn apply(
         cdp(
             client,
             "Emulation.setUserAgentOverride",
-            json!({ "userAgent": MOBILE_USER_AGENT }),
-        )
-        .await?;
-    } else {
-        // Metrics follow the window again; a session started mobile keeps no desktop metrics
-        // of its own, so set them explicitly to the window size at ratio 1.
-        cdp(
-            client,
-            "Emulation.setDeviceMetricsOverride",
             json!({
-                "width": viewport.width,
-                "height": viewport.height,
-                "deviceScaleFactor": 1,
-                "mobile": false,
+                "userAgent": MOBILE_USER_AGENT,
+                "platform": "Linux armv8l",
+                "userAgentMetadata": {
+                    "brands": [
+                        { "brand": "Chromium", "version": MOBILE_MAJOR_VERSION },
+                        { "brand": "Not.A/Brand", "version": "99" },
+                    ],
+                    "platform": "Android",
+                    "platformVersion": "14",
+                    "architecture": "",
+                    "model": "Pixel 8",
+                    "mobile": true,
+                },
             }),
         )
         .await?;
+    } else {
+        cdp(client, "Emulation.clearDeviceMetricsOverride", json!({})).await?;
         cdp(
             client,
             "Emulation.setTouchEmulationEnabled",
             json!({ "enabled": false }),
         )
         .await?;
+        // An empty override restores the browser's own user agent.
         cdp(
             client,
             "Emulation.setUserAgentOverride",
-            json!({ "userAgent": desktop_user_agent }),
+            json!({ "userAgent": "" }),
         )
         .await?;
     }
     Ok(())
-}
-
-/// A desktop user agent for the running browser version (`browserVersion` of the session).
-pub(crate) fn desktop_user_agent(browser_version: Option<&str>) -> String {
-    let major = browser_version
-        .and_then(|v| v.split('.').next())
-        .unwrap_or("156");
-    format!(
-        "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) HeadlessChrome/{major}.0.0.0 Safari/537.36"
-    )
 }

@@ -41,7 +41,6 @@ pub(crate) struct Session {
     client: Option<Client>,
     profile: PathBuf,
     permit: Option<OwnedSemaphorePermit>,
-    browser_version: Option<String>,
 }
 
 impl Session {
@@ -63,17 +62,32 @@ impl Session {
         let profile = launch.profile.clone();
         match tokio::time::timeout_at(until, &mut creating).await {
             Ok(Ok(Ok(client))) => {
-                let browser_version = client
-                    .capabilities()
-                    .and_then(|c| c.get("browserVersion"))
-                    .and_then(Value::as_str)
-                    .map(str::to_string);
-                Ok(Session {
+                let session = Session {
                     client: Some(client),
                     profile,
                     permit: Some(permit),
-                    browser_version,
-                })
+                };
+                if let Some(viewport) = probe.viewport.filter(|v| v.mobile) {
+                    let emulated = emulation::apply(session.client(), viewport);
+                    match tokio::time::timeout_at(until, emulated).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            return Err(Broke::error(format!(
+                                "could not emulate a {}x{} phone: {}",
+                                viewport.width,
+                                viewport.height,
+                                first_line(&e.to_string())
+                            )));
+                        }
+                        Err(_) => {
+                            return Err(Broke::timeout(
+                                "Chromium did not set up phone emulation before the probe's deadline"
+                                    .to_string(),
+                            ));
+                        }
+                    }
+                }
+                Ok(session)
             }
             Ok(Ok(Err(e))) => {
                 release(None, profile, Some(permit)).await;
@@ -109,11 +123,6 @@ impl Session {
         self.client
             .as_ref()
             .expect("the client is only taken by close or drop")
-    }
-
-    /// The Chromium version the session runs (`browserVersion`).
-    pub(crate) fn browser_version(&self) -> Option<&str> {
-        self.browser_version.as_deref()
     }
 
     /// Closes the session and waits until Chromium and its profile are gone.
@@ -202,13 +211,10 @@ fn capabilities(launch: &LaunchOptions, probe: &BrowserProbe) -> fantoccini::wd:
         "--window-size={},{}",
         viewport.width, viewport.height
     ));
-    let mut chrome = json!({
+    let chrome = json!({
         "binary": launch.chromium.display().to_string(),
         "args": args,
     });
-    if viewport.mobile {
-        chrome["mobileEmulation"] = emulation::mobile_emulation(viewport);
-    }
     let caps = json!({
         "browserName": "chrome",
         "acceptInsecureCerts": probe.insecure,

@@ -219,9 +219,6 @@ struct Ctx<'a> {
     session: &'a Session,
     step: &'a BrowserStep,
     probe_deadline: Instant,
-    /// The session's current emulation, and the desktop user agent to return to.
-    viewport: Viewport,
-    desktop_user_agent: Option<String>,
 }
 
 /// Runs every step of `probe` in `session`, within `deadline`.
@@ -238,8 +235,6 @@ pub(crate) async fn run(
         .iter()
         .any(|s| matches!(s.action, BrowserAction::AssertNoConsoleErrors { .. }));
     let mut console = Console::default();
-    let mut viewport = probe.viewport.unwrap_or(emulation::DEFAULT_VIEWPORT);
-    let mut desktop_user_agent = None;
     let mut results = Vec::with_capacity(probe.steps.len());
     let mut blocked = false;
     for step in &probe.steps {
@@ -254,8 +249,6 @@ pub(crate) async fn run(
             session,
             step,
             probe_deadline: deadline,
-            viewport,
-            desktop_user_agent: desktop_user_agent.take(),
         };
         let outcome = run_step(
             &mut ctx,
@@ -266,8 +259,6 @@ pub(crate) async fn run(
             &mut result,
         )
         .await;
-        viewport = ctx.viewport;
-        desktop_user_agent = ctx.desktop_user_agent.take();
         let masker = masker.with(scope.secret_values());
         let mut session_lost = false;
         match outcome {
@@ -740,29 +731,18 @@ async fn click(ctx: &mut Ctx<'_>, selector: &str, budget: &Budget) -> Result<(),
     }
 }
 
-async fn set_viewport(ctx: &mut Ctx<'_>, viewport: Viewport, budget: &Budget) -> Result<(), Broke> {
-    if viewport.mobile && !ctx.viewport.mobile && ctx.desktop_user_agent.is_none() {
-        let ua = ctx
-            .call(
-                "read the user agent",
-                budget,
-                ctx.client.execute("return navigator.userAgent", Vec::new()),
-            )
-            .await?;
-        ctx.desktop_user_agent = ua.as_str().map(str::to_string);
-    }
-    let desktop_ua = ctx
-        .desktop_user_agent
-        .clone()
-        .unwrap_or_else(|| emulation::desktop_user_agent(ctx.session.browser_version()));
+async fn set_viewport(ctx: &Ctx<'_>, viewport: Viewport, budget: &Budget) -> Result<(), Broke> {
     ctx.call(
-        &format!("set the viewport to {}x{}", viewport.width, viewport.height),
+        &format!(
+            "set the viewport to {}x{}{}",
+            viewport.width,
+            viewport.height,
+            if viewport.mobile { " (phone)" } else { "" }
+        ),
         budget,
-        emulation::apply(ctx.client, viewport, &desktop_ua),
+        emulation::apply(ctx.client, viewport),
     )
-    .await?;
-    ctx.viewport = viewport;
-    Ok(())
+    .await
 }
 
 impl Ctx<'_> {

@@ -28,18 +28,22 @@ use http::header::{CONNECTION, CONTENT_ENCODING, CONTENT_LENGTH, HOST, USER_AGEN
 use http::{HeaderName, HeaderValue, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use rustls::client::Resumption;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout_at};
-use tokio_rustls::TlsConnector;
 use url::{Host, Url};
 
-use crate::result::Phases;
+use crate::net::dial::chain;
+use crate::net::tls::TlsConfigs;
+use crate::net::{Dial, Failure};
+
+pub use crate::net::FailureKind;
+
+/// Why a [`Transport::send`] produced no response.
+pub type TransportFailure = Failure;
+
+/// The state of one `send`: phases so far and the deadline they answer to.
+type Run = Dial;
 
 /// The `User-Agent` sent when the request does not carry one.
 const USER_AGENT_VALUE: &str = concat!("patrol/", env!("CARGO_PKG_VERSION"));
@@ -50,8 +54,7 @@ const USER_AGENT_VALUE: &str = concat!("patrol/", env!("CARGO_PKG_VERSION"));
 /// any certificate); cloning is cheap and shares them.
 #[derive(Clone)]
 pub struct Transport {
-    verified: Arc<ClientConfig>,
-    insecure: Arc<ClientConfig>,
+    tls: TlsConfigs,
 }
 
 /// One request to send.
@@ -97,58 +100,6 @@ pub struct IncomingResponse {
     pub remote_addr: SocketAddr,
 }
 
-/// Why a [`Transport::send`] produced no response.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{message}")]
-pub struct TransportFailure {
-    /// What kind of failure, for classification and metrics.
-    pub kind: FailureKind,
-    /// A one-line explanation for humans.
-    pub message: String,
-    /// The phases completed before the failure; the failing phase is left at zero.
-    pub phases: Phases,
-}
-
-/// Classes of [`TransportFailure`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum FailureKind {
-    /// The host name could not be resolved.
-    Resolve,
-    /// No TCP connection could be opened.
-    Connect,
-    /// The TLS handshake failed (certificate, protocol, or connection lost during it).
-    Tls,
-    /// [`Limits::deadline`] passed; the message names the phase.
-    Timeout,
-    /// The body exceeded [`Limits::max_body_bytes`], on the wire or decoded.
-    BodyTooLarge,
-    /// The connection broke while sending the request or reading the response.
-    Io,
-    /// The request could not be formed or the response could not be understood.
-    Protocol,
-}
-
-impl FailureKind {
-    /// A lowercase name for logs and labels.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FailureKind::Resolve => "resolve",
-            FailureKind::Connect => "connect",
-            FailureKind::Tls => "tls",
-            FailureKind::Timeout => "timeout",
-            FailureKind::BodyTooLarge => "body_too_large",
-            FailureKind::Io => "io",
-            FailureKind::Protocol => "protocol",
-        }
-    }
-}
-
-impl fmt::Display for FailureKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 impl fmt::Debug for Transport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Transport").finish_non_exhaustive()
@@ -164,22 +115,8 @@ impl Default for Transport {
 impl Transport {
     /// Builds both TLS configurations: HTTP/1.1 ALPN only, no session resumption.
     pub fn new() -> Transport {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let roots = RootCertStore {
-            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-        };
-        let verified = client_config(&provider)
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let insecure = client_config(&provider)
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate {
-                algorithms: provider.signature_verification_algorithms,
-            }))
-            .with_no_client_auth();
         Transport {
-            verified: Arc::new(finish_config(verified)),
-            insecure: Arc::new(finish_config(insecure)),
+            tls: TlsConfigs::new(&[b"http/1.1"]),
         }
     }
 
@@ -189,18 +126,12 @@ impl Transport {
         req: &OutgoingRequest,
         limits: &Limits,
     ) -> Result<IncomingResponse, TransportFailure> {
-        let started = Instant::now();
-        let mut run = Run {
-            phases: Phases::default(),
-            started,
-            deadline: limits.deadline,
-        };
+        let mut run = Run::new(limits.deadline);
         let target = Target::from_url(&req.url).map_err(|m| run.fail(FailureKind::Protocol, m))?;
         let request =
             build_request(req, &target).map_err(|m| run.fail(FailureKind::Protocol, m))?;
 
-        let addrs = run.resolve(&target).await?;
-        let (tcp, remote_addr) = run.connect(&addrs).await?;
+        let (tcp, remote_addr) = run.open(&target.host, target.port).await?;
 
         let mut peer = Peer {
             remote_addr,
@@ -211,106 +142,16 @@ impl Transport {
                 .exchange(tcp, request, peer, limits.max_body_bytes)
                 .await;
         }
-        let config = if limits.insecure {
-            &self.insecure
-        } else {
-            &self.verified
-        };
-        let tls_start = Instant::now();
-        let connector = TlsConnector::from(Arc::clone(config));
         let server_name = target
             .server_name()
             .map_err(|m| run.fail(FailureKind::Tls, m))?;
-        let tls = match timeout_at(run.deadline, connector.connect(server_name, tcp)).await {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(e)) => {
-                let message = format!("TLS handshake with {} failed: {}", target.host, chain(&e));
-                return Err(run.fail(FailureKind::Tls, message));
-            }
-            Err(_) => return Err(run.timeout("during the TLS handshake (tls)")),
-        };
-        run.phases.tls = tls_start.elapsed();
-        peer.cert_not_after = tls
-            .get_ref()
-            .1
-            .peer_certificates()
-            .and_then(earliest_not_after);
+        let config = self.tls.get(limits.insecure);
+        let host = target.host.to_string();
+        let (tls, handshake) = run.tls(config, server_name, &host, tcp).await?;
+        peer.cert_not_after = handshake.not_after;
         run.exchange(tls, request, peer, limits.max_body_bytes)
             .await
     }
-}
-
-/// Starts a client config with the ring provider and its default protocol versions.
-fn client_config(
-    provider: &Arc<CryptoProvider>,
-) -> rustls::ConfigBuilder<ClientConfig, rustls::WantsVerifier> {
-    ClientConfig::builder_with_provider(Arc::clone(provider))
-        .with_safe_default_protocol_versions()
-        .expect("the ring provider supports rustls' default protocol versions")
-}
-
-/// Applies what both configs share: HTTP/1.1 only, and a full handshake every time.
-fn finish_config(mut config: ClientConfig) -> ClientConfig {
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    config.resumption = Resumption::disabled();
-    config.enable_early_data = false;
-    config
-}
-
-/// Certificate verifier for `insecure` probes: any chain is accepted, but the handshake
-/// signatures are still checked so the session is with the holder of the presented key.
-#[derive(Debug)]
-struct AcceptAnyCertificate {
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for AcceptAnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
-}
-
-/// The earliest `notAfter` among the certificates, in unix seconds; unparsable ones are skipped.
-fn earliest_not_after(certs: &[CertificateDer<'_>]) -> Option<i64> {
-    certs
-        .iter()
-        .filter_map(|der| match x509_parser::parse_x509_certificate(der) {
-            Ok((_, cert)) => Some(cert.validity().not_after.timestamp()),
-            Err(e) => {
-                tracing::debug!(error = %e, "Peer certificate could not be parsed.");
-                None
-            }
-        })
-        .min()
 }
 
 /// Where to connect, taken from the URL.
@@ -404,83 +245,7 @@ fn build_request(req: &OutgoingRequest, target: &Target) -> Result<Request<Full<
     Ok(request)
 }
 
-/// The state of one `send`: phases so far and the deadline they answer to.
-struct Run {
-    phases: Phases,
-    started: Instant,
-    deadline: Instant,
-}
-
 impl Run {
-    fn fail(&self, kind: FailureKind, message: String) -> TransportFailure {
-        TransportFailure {
-            kind,
-            message,
-            phases: self.phases,
-        }
-    }
-
-    fn timeout(&self, doing: &str) -> TransportFailure {
-        let elapsed = self.started.elapsed().as_secs_f64();
-        self.fail(
-            FailureKind::Timeout,
-            format!("timed out after {elapsed:.3}s {doing}"),
-        )
-    }
-
-    async fn resolve(&mut self, target: &Target) -> Result<Vec<SocketAddr>, TransportFailure> {
-        let Host::Domain(name) = &target.host else {
-            let ip = target.ip().into_iter();
-            return Ok(ip.map(|ip| SocketAddr::new(ip, target.port)).collect());
-        };
-        let start = Instant::now();
-        let lookup = tokio::net::lookup_host((name.as_str(), target.port));
-        let addrs: Vec<SocketAddr> = match timeout_at(self.deadline, lookup).await {
-            Ok(Ok(addrs)) => addrs.collect(),
-            Ok(Err(e)) => {
-                let message = format!("could not resolve {name}: {e}");
-                return Err(self.fail(FailureKind::Resolve, message));
-            }
-            Err(_) => return Err(self.timeout(&format!("resolving {name} (resolve)"))),
-        };
-        self.phases.resolve = start.elapsed();
-        if addrs.is_empty() {
-            let message = format!("could not resolve {name}: no addresses found");
-            return Err(self.fail(FailureKind::Resolve, message));
-        }
-        Ok(addrs)
-    }
-
-    /// Connects to the first address that accepts; the phase spans all attempts.
-    async fn connect(
-        &mut self,
-        addrs: &[SocketAddr],
-    ) -> Result<(TcpStream, SocketAddr), TransportFailure> {
-        let start = Instant::now();
-        let mut failures = Vec::new();
-        for &addr in addrs {
-            match timeout_at(self.deadline, TcpStream::connect(addr)).await {
-                Ok(Ok(stream)) => {
-                    self.phases.connect = start.elapsed();
-                    // Small request writes must not wait for Nagle: it would show up as
-                    // server processing time.
-                    if let Err(e) = stream.set_nodelay(true) {
-                        tracing::debug!(%addr, error = %e, "TCP_NODELAY could not be set.");
-                    }
-                    return Ok((stream, addr));
-                }
-                Ok(Err(e)) => {
-                    tracing::debug!(%addr, error = %e, "Connect attempt failed.");
-                    failures.push(format!("{} connecting to {addr}: {e}", connect_error(&e)));
-                }
-                Err(_) => {
-                    return Err(self.timeout(&format!("during connect to {addr} (connect)")));
-                }
-            }
-        }
-        Err(self.fail(FailureKind::Connect, failures.join("; ")))
-    }
-
     /// Writes the request and reads the response over an established stream.
     async fn exchange<S>(
         self,
@@ -748,33 +513,6 @@ fn io_kind(e: &(dyn StdError + 'static)) -> Option<io::ErrorKind> {
         current = err.source();
     }
     None
-}
-
-/// The error and its causes joined with ": ", repeats (wrappers that echo their cause) dropped.
-fn chain(e: &(dyn StdError + 'static)) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut current = Some(e);
-    while let Some(err) = current {
-        let text = err.to_string();
-        if parts.last().is_none_or(|last| !last.ends_with(&text)) {
-            parts.push(text);
-        }
-        current = err.source();
-    }
-    parts.join(": ")
-}
-
-/// A short phrase for why a TCP connect failed.
-fn connect_error(e: &io::Error) -> &'static str {
-    match e.kind() {
-        io::ErrorKind::ConnectionRefused => "connection refused",
-        io::ErrorKind::TimedOut => "connection timed out",
-        io::ErrorKind::HostUnreachable => "host unreachable",
-        io::ErrorKind::NetworkUnreachable => "network unreachable",
-        io::ErrorKind::AddrNotAvailable => "address not available",
-        io::ErrorKind::PermissionDenied => "permission denied",
-        _ => "could not connect",
-    }
 }
 
 /// A byte count in the largest binary unit that keeps it at least one: "10 MiB", "1.5 KiB".
