@@ -145,11 +145,14 @@ impl AgentState {
 
     /// Re-reads the config file. An invalid file is refused, its errors returned and logged, and
     /// the running config stays in force.
-    pub async fn reload(&self) -> Result<usize, String> {
+    pub async fn reload(&self) -> Result<Reloaded, String> {
         let mut slot = self.scheduler.lock().await;
+        let previous = self.loaded();
+        let mut restart_needed = Vec::new();
         let outcome = match config::load(&self.options.config) {
             Err(report) => Err(report.to_string()),
-            Ok((config, _)) => {
+            Ok((mut config, _)) => {
+                restart_needed = keep_startup_settings(&mut config, &previous.config);
                 Loaded::new(config, &self.options, &self.browser).map_err(|e| format!("{e:#}"))
             }
         };
@@ -161,7 +164,6 @@ impl AgentState {
                 return Err(errors);
             }
         };
-        let previous = self.loaded();
         for gone in previous
             .probes
             .iter()
@@ -184,7 +186,10 @@ impl AgentState {
         );
         self.metrics.record_reload(true);
         tracing::info!(config = %self.options.config.display(), probes = count, "Config reloaded.");
-        Ok(count)
+        for setting in &restart_needed {
+            tracing::warn!(setting = %setting, "Config reload kept the running value of a setting that needs a restart.");
+        }
+        Ok(Reloaded { probes: count, restart_needed })
     }
 
     /// Starts a run of `probe` now (API or hook).
@@ -200,6 +205,39 @@ impl AgentState {
         };
         self.runner.spawn(request, self.loaded().runtime.clone())
     }
+}
+
+/// What a reload applied.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Reloaded {
+    /// Probes now running on this agent.
+    pub probes: usize,
+    /// Changed settings that only take effect after a restart (their running values stay).
+    pub restart_needed: Vec<String>,
+}
+
+/// Settings bound at start-up (the listening socket, the metrics' location label, the
+/// concurrency limit, the browser) keep their running values on reload; returns the ones the new
+/// file changed, so the reload can say a restart is needed.
+fn keep_startup_settings(next: &mut Config, running: &Config) -> Vec<String> {
+    let mut changed = Vec::new();
+    if next.agent.listen != running.agent.listen {
+        changed.push(format!("agent.listen ({} → {})", running.agent.listen, next.agent.listen));
+        next.agent.listen = running.agent.listen;
+    }
+    if next.agent.location != running.agent.location {
+        changed.push(format!("agent.location ({} → {})", running.agent.location, next.agent.location));
+        next.agent.location.clone_from(&running.agent.location);
+    }
+    if next.agent.max_concurrency != running.agent.max_concurrency {
+        changed.push(format!("agent.max_concurrency ({} → {})", running.agent.max_concurrency, next.agent.max_concurrency));
+        next.agent.max_concurrency = running.agent.max_concurrency;
+    }
+    if next.browser_settings_differ(running) {
+        changed.push("browser (chromedriver, chromium, max_sessions)".into());
+        next.browser = running.browser.clone();
+    }
+    changed
 }
 
 fn start_scheduler(

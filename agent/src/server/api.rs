@@ -205,6 +205,9 @@ pub async fn start_run(
     State(state): State<Shared>,
     body: Result<Json<RunBody>, JsonRejection>,
 ) -> Response {
+    if let Some(refused) = super::refuse_when_stopping(&state) {
+        return refused;
+    }
     let body = match body {
         Ok(Json(b)) => b,
         Err(e) => {
@@ -279,7 +282,7 @@ pub async fn get_run(State(state): State<Shared>, Path(id): Path<String>) -> Res
 /// `POST /-/reload`
 pub async fn reload(State(state): State<Shared>) -> Response {
     match state.reload().await {
-        Ok(n) => Json(serde_json::json!({"result": "success", "probes": n})).into_response(),
+        Ok(done) => Json(serde_json::json!({"result": "success", "probes": done.probes, "restart_needed": done.restart_needed})).into_response(),
         Err(errors) => (
             StatusCode::BAD_REQUEST,
             Json(serde_json::json!({"result": "failure", "errors": errors})),

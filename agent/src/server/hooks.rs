@@ -64,6 +64,9 @@ pub async fn verify(
     State(state): State<Shared>,
     body: Result<Json<VerifyBody>, JsonRejection>,
 ) -> Response {
+    if let Some(refused) = super::refuse_when_stopping(&state) {
+        return refused;
+    }
     let body = match body {
         Ok(Json(b)) => b,
         Err(e) => {
@@ -116,6 +119,9 @@ pub async fn flagger(
     State(state): State<Shared>,
     body: Result<Json<FlaggerPayload>, JsonRejection>,
 ) -> Response {
+    if let Some(refused) = super::refuse_when_stopping(&state) {
+        return refused;
+    }
     let payload = match body {
         Ok(Json(p)) => p,
         Err(e) => {
@@ -225,6 +231,9 @@ pub async fn alertmanager(
     State(state): State<Shared>,
     body: Result<Json<AlertmanagerPayload>, JsonRejection>,
 ) -> Response {
+    if let Some(refused) = super::refuse_when_stopping(&state) {
+        return refused;
+    }
     let payload = match body {
         Ok(Json(p)) => p,
         Err(e) => {

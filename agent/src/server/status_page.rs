@@ -90,7 +90,7 @@ fn probe_card(state: &Shared, s: &ProbeStatus, now_ms: i64) -> Markup {
                 @if let Some(since) = s.failing_since_ms { span { "failing since " (ago(now_ms - since)) } }
                 @if let Some(next) = &s.next_run { span { "next " (next) } }
                 @if let Some(p) = s.percentiles.get(Window::FiveMinutes.as_str()) {
-                    span class="pct" { "5m p50 " (format_seconds(p.p50)) " · p95 " (format_seconds(p.p95)) " · p99 " (format_seconds(p.p99)) " (" (p.count) " runs)" }
+                    span class="pct" { "5m p50 " (format_seconds(p.p50)) " · p95 " (format_seconds(p.p95)) " · p99 " (format_seconds(p.p99)) " (" (p.count) @if p.count == 1 { " run)" } @else { " runs)" } }
                 }
             }
             div class="strip" aria-label="recent runs, oldest first" {
