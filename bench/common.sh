@@ -151,8 +151,10 @@ PY
 }
 
 # Starts `patrol run` on CONFIG with its server on a free loopback port (sets AGENT, AGENT_PID).
+# AGENT_PREFIX is put before the command, e.g. "nice -n -10" or "chrt -f 10" (real-time: ahead of
+# every other user's work on a shared machine, to see Patrol's own behaviour).
 start_agent() {
-  "$PATROL" run --config "$1" --listen 127.0.0.1:0 --grace 1s > "$WORK/agent.out" 2> "$WORK/agent.err" &
+  ${AGENT_PREFIX:-} "$PATROL" run --config "$1" --listen 127.0.0.1:0 --grace 1s > "$WORK/agent.out" 2> "$WORK/agent.err" &
   AGENT_PID=$!
   PIDS+=("$AGENT_PID")
   local _

@@ -10,6 +10,7 @@
 //! - [`capture`]: values taken from a response into later steps
 //! - [`value`]: values and their comparisons
 //! - [`result`]: probe, step and assertion results
+//! - [`net`]: fresh connections with timed resolve, connect and TLS phases; shared TLS configs
 //! - [`http`]: the HTTP scenario engine and its phase-timing transport
 //! - [`browser`]: browser probes in headless Chromium over WebDriver, chromedriver supervised
 //! - [`artifacts`]: screenshots, page HTML and bodies of failed runs, newest N kept
@@ -20,6 +21,7 @@ pub mod assert;
 pub mod browser;
 pub mod capture;
 pub mod http;
+pub mod net;
 pub mod query;
 pub mod result;
 pub mod run;

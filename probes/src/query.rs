@@ -1,6 +1,8 @@
 //! Queries: what an assertion or capture looks at in a step's response — `status`,
 //! `header "Name"`, `jsonpath "$.x"`, `body`, `duration`, `cert_expiry`, `regex "re"`,
-//! `cookie "name"`.
+//! `cookie "name"` for HTTP; `reply`, `replies`, `rcode`, `answers`, `rows`, `value`,
+//! `column "name"`, `issuer`, `subject`, `sans`, `tls_version` for the infrastructure probes,
+//! which put what they observed into the [`Observation`] as named values.
 
 use std::cell::OnceCell;
 use std::time::Duration;
@@ -34,6 +36,54 @@ pub enum Query {
     Regex(regex::Regex),
     /// A cookie set by the response.
     Cookie(String),
+    /// What the server answered: a TCP reply as text, the last Redis reply.
+    Reply,
+    /// Every Redis reply, in command order.
+    Replies,
+    /// The DNS response code: `NOERROR`, `NXDOMAIN`, `SERVFAIL`, ...
+    Rcode,
+    /// The DNS answers of the asked type, as text (`192.0.2.1`, `10 mx.example.com.`).
+    Answers,
+    /// The number of rows a SQL query returned.
+    Rows,
+    /// The first column of the first row a SQL query returned.
+    FirstValue,
+    /// A column of a SQL result: its value for one row, a list for several.
+    Column(String),
+    /// The leaf certificate's issuer (`CN=…, O=…`).
+    Issuer,
+    /// The leaf certificate's subject.
+    Subject,
+    /// The leaf certificate's subject alternative names.
+    Sans,
+    /// The negotiated TLS version: `TLS 1.2`, `TLS 1.3`.
+    TlsVersion,
+}
+
+/// Names under which engines put values into an [`Observation`] for the queries above.
+pub mod named {
+    /// [`super::Query::Reply`]
+    pub const REPLY: &str = "reply";
+    /// [`super::Query::Replies`]
+    pub const REPLIES: &str = "replies";
+    /// [`super::Query::Rcode`]
+    pub const RCODE: &str = "rcode";
+    /// [`super::Query::Answers`]
+    pub const ANSWERS: &str = "answers";
+    /// [`super::Query::Rows`]
+    pub const ROWS: &str = "rows";
+    /// [`super::Query::FirstValue`]
+    pub const VALUE: &str = "value";
+    /// [`super::Query::Column`]: an object of column name to value (one row) or list (several).
+    pub const COLUMNS: &str = "columns";
+    /// [`super::Query::Issuer`]
+    pub const ISSUER: &str = "issuer";
+    /// [`super::Query::Subject`]
+    pub const SUBJECT: &str = "subject";
+    /// [`super::Query::Sans`]
+    pub const SANS: &str = "sans";
+    /// [`super::Query::TlsVersion`]
+    pub const TLS_VERSION: &str = "tls_version";
 }
 
 /// What a step observed, for queries to look at.
@@ -49,6 +99,9 @@ pub struct Observation<'a> {
     pub duration: Duration,
     /// Earliest certificate expiry, unix seconds.
     pub cert_not_after: Option<i64>,
+    /// Values an engine observed under [`named`] names (replies, answers, rows, certificate
+    /// fields); empty for HTTP.
+    pub values: &'a [(String, Value)],
     json: OnceCell<Result<serde_json::Value, String>>,
 }
 
@@ -67,8 +120,19 @@ impl<'a> Observation<'a> {
             body,
             duration,
             cert_not_after,
+            values: &[],
             json: OnceCell::new(),
         }
+    }
+
+    /// This observation with named values for the infrastructure queries.
+    pub fn with_values(mut self, values: &'a [(String, Value)]) -> Self {
+        self.values = values;
+        self
+    }
+
+    fn value(&self, name: &str) -> Option<&Value> {
+        self.values.iter().find(|(n, _)| n == name).map(|(_, v)| v)
     }
 
     fn json(&self) -> Result<&serde_json::Value, String> {
@@ -102,7 +166,7 @@ impl Query {
             return Err(SyntaxError::new(
                 offset,
                 "expected a query",
-                "start with one of: status, header \"Name\", jsonpath \"$.path\", body, duration, cert_expiry, regex \"re\", cookie \"name\"",
+                "start with one of: status, header \"Name\", jsonpath \"$.path\", body, duration, cert_expiry, regex \"re\", cookie \"name\", reply, replies, rcode, answers, rows, value, column \"name\", issuer, subject, sans, tls_version",
             ));
         };
         let at = *at;
@@ -125,6 +189,17 @@ impl Query {
             "body" => Query::Body,
             "duration" => Query::Duration,
             "cert_expiry" => Query::CertExpiry,
+            "reply" => Query::Reply,
+            "replies" => Query::Replies,
+            "rcode" => Query::Rcode,
+            "answers" => Query::Answers,
+            "rows" => Query::Rows,
+            "value" => Query::FirstValue,
+            "issuer" => Query::Issuer,
+            "subject" => Query::Subject,
+            "sans" => Query::Sans,
+            "tls_version" => Query::TlsVersion,
+            "column" => Query::Column(argument("column name", "column \"count\"")?.0),
             "header" => Query::Header(argument("header name", "header \"Content-Type\"")?.0),
             "cookie" => Query::Cookie(argument("cookie name", "cookie \"session\"")?.0),
             "jsonpath" => {
@@ -200,7 +275,56 @@ impl Query {
                     let (n, val) = pair.split_once('=')?;
                     (n.trim() == name).then(|| Value::Text(val.trim().to_string()))
                 }),
+            Query::Column(name) => match obs.value(named::COLUMNS) {
+                Some(Value::Object(columns)) => columns.get(name).map(Value::from_json),
+                _ => None,
+            },
+            other => obs.value(other.value_name().unwrap_or_default()).cloned(),
         })
+    }
+
+    /// The name of the [`Observation`] value this query reads, for the infrastructure queries.
+    fn value_name(&self) -> Option<&'static str> {
+        Some(match self {
+            Query::Reply => named::REPLY,
+            Query::Replies => named::REPLIES,
+            Query::Rcode => named::RCODE,
+            Query::Answers => named::ANSWERS,
+            Query::Rows => named::ROWS,
+            Query::FirstValue => named::VALUE,
+            Query::Column(_) => named::COLUMNS,
+            Query::Issuer => named::ISSUER,
+            Query::Subject => named::SUBJECT,
+            Query::Sans => named::SANS,
+            Query::TlsVersion => named::TLS_VERSION,
+            _ => return None,
+        })
+    }
+
+    /// The query's keyword as written (`status`, `jsonpath`, `column`, ...), for checking that
+    /// a probe type offers it.
+    pub fn keyword(&self) -> &'static str {
+        match self {
+            Query::Status => "status",
+            Query::Header(_) => "header",
+            Query::JsonPath { .. } => "jsonpath",
+            Query::Body => "body",
+            Query::Duration => "duration",
+            Query::CertExpiry => "cert_expiry",
+            Query::Regex(_) => "regex",
+            Query::Cookie(_) => "cookie",
+            Query::Reply => "reply",
+            Query::Replies => "replies",
+            Query::Rcode => "rcode",
+            Query::Answers => "answers",
+            Query::Rows => "rows",
+            Query::FirstValue => "value",
+            Query::Column(_) => "column",
+            Query::Issuer => "issuer",
+            Query::Subject => "subject",
+            Query::Sans => "sans",
+            Query::TlsVersion => "tls_version",
+        }
     }
 
     /// The query as written, for messages.
@@ -214,11 +338,13 @@ impl Query {
             Query::CertExpiry => "cert_expiry".into(),
             Query::Regex(re) => format!("regex \"{}\"", re.as_str()),
             Query::Cookie(n) => format!("cookie \"{n}\""),
+            Query::Column(n) => format!("column \"{n}\""),
+            other => other.keyword().to_string(),
         }
     }
 }
 
-const QUERIES: [&str; 8] = [
+const QUERIES: [&str; 19] = [
     "status",
     "header",
     "jsonpath",
@@ -227,6 +353,17 @@ const QUERIES: [&str; 8] = [
     "cert_expiry",
     "regex",
     "cookie",
+    "reply",
+    "replies",
+    "rcode",
+    "answers",
+    "rows",
+    "value",
+    "column",
+    "issuer",
+    "subject",
+    "sans",
+    "tls_version",
 ];
 
 fn suggest_query(word: &str) -> String {

@@ -90,7 +90,7 @@ async fn env(masker: Masker) -> Env {
         .expect("shop starts");
     let browser = Arc::new(Browser::new(settings(1)));
     let artifacts = std::env::temp_dir().join(format!(
-        "patrol-browser-test-{}",
+        "patrol-artifacts-test-{}",
         uuid::Uuid::new_v4().simple()
     ));
     let runtime = Runtime::new(
@@ -121,7 +121,7 @@ impl Env {
     }
 }
 
-/// Processes whose command line names `path`.
+/// Processes whose command line or environment names `path`.
 fn processes_naming(path: &Path) -> Vec<(u32, String)> {
     let needle = path.to_string_lossy().into_owned();
     std::fs::read_dir("/proc")
@@ -130,9 +130,12 @@ fn processes_naming(path: &Path) -> Vec<(u32, String)> {
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter(|&pid| pid != std::process::id())
         .filter_map(|pid| {
-            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            cmd.contains(&needle).then_some((pid, cmd))
+            let read = |file: &str| {
+                let text = std::fs::read(format!("/proc/{pid}/{file}")).unwrap_or_default();
+                String::from_utf8_lossy(&text).replace('\0', " ")
+            };
+            let cmd = read("cmdline");
+            (cmd.contains(&needle) || read("environ").contains(&needle)).then_some((pid, cmd))
         })
         .collect()
 }
@@ -493,33 +496,25 @@ async fn a_mobile_viewport_emulates_a_phone_and_can_switch_back() {
             ),
             step("nav_hidden", BrowserAction::AssertHidden(t(".desktop-nav"))),
             step("to_desktop", BrowserAction::Viewport(desktop)),
-            step(
-                "dbg0",
-                BrowserAction::Eval(t(
-                    "return [window.innerWidth, window.outerWidth, devicePixelRatio, navigator.userAgent, 0]",
-                )),
-            ),
+            // The switch outlives navigation.
             step("reload", BrowserAction::Goto(t("{{ shop }}/products"))),
             step(
-                "dbg",
+                "desktop_now",
                 BrowserAction::Eval(t(
-                    "return [window.innerWidth, window.outerWidth, devicePixelRatio, navigator.userAgent, 0]",
-                )),
-            ),
-            step(
-                "desktop_width",
-                BrowserAction::Eval(t(
-                    "return window.innerWidth === 1280 && !navigator.userAgent.includes('Mobile')",
+                    "return innerWidth === 1280 && devicePixelRatio === 1 && !navigator.userAgent.includes('Mobile')",
                 )),
             ),
             step("nav_shown", BrowserAction::AssertVisible(t(".desktop-nav"))),
             step("back_to_phone", BrowserAction::Viewport(phone)),
+            step("reload_again", BrowserAction::Goto(t("{{ shop }}/"))),
             step(
                 "phone_again",
-                BrowserAction::Eval(t("return window.innerWidth === 390")),
+                BrowserAction::Eval(t(
+                    "return innerWidth === 390 && navigator.userAgent.includes('Mobile')",
+                )),
             ),
         ],
-        None,
+        Some(phone),
     );
     let result = run_probe(&spec, &env.runtime).await;
     assert_eq!(result.result, Outcome::Pass, "{}", describe(&result));
@@ -545,7 +540,8 @@ async fn a_killed_chromedriver_errors_the_run_and_the_next_run_recovers() {
         let runtime = env.runtime.clone();
         tokio::spawn(async move { run_probe(&doomed, &runtime).await })
     };
-    // Kill chromedriver once the run is waiting in its second step.
+    // Kill chromedriver once Chromium runs (most likely while the run waits in its second step;
+    // any moment is fair).
     let mut pid = None;
     for _ in 0..200 {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -558,7 +554,7 @@ async fn a_killed_chromedriver_errors_the_run_and_the_next_run_recovers() {
         }
     }
     let pid = pid.expect("chromedriver and a session started");
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let killed = std::process::Command::new("kill")
         .args(["-9", &pid.to_string()])
         .status()
@@ -569,13 +565,12 @@ async fn a_killed_chromedriver_errors_the_run_and_the_next_run_recovers() {
         .expect("the run ends soon after chromedriver dies")
         .expect("the run task");
     assert_eq!(result.result, Outcome::Error, "{}", describe(&result));
-    assert_eq!(
-        result.steps[0].result,
-        Outcome::Pass,
-        "{}",
-        describe(&result)
-    );
-    let error = result.steps[1].error.as_deref().unwrap_or_default();
+    let broken = result
+        .steps
+        .iter()
+        .find(|s| s.result == Outcome::Error)
+        .expect("an errored step");
+    let error = broken.error.as_deref().unwrap_or_default();
     assert!(error.contains("chromedriver"), "{error}");
     // The session's guard kills the orphaned Chromium and removes its profile.
     let mut left = processes_naming(env.browser.work_dir());
@@ -741,54 +736,5 @@ async fn bench_six_step_probe_with_warm_chromedriver() {
         walls[walls.len() - 1],
         median(&steps_only)
     );
-    env.finish().await;
-}
-
-#[tokio::test]
-async fn zz_explore() {
-    let _serial = SERIAL.lock().await;
-    let env = env(Masker::default()).await;
-    let phone = Viewport {
-        width: 390,
-        height: 844,
-        mobile: true,
-    };
-    let desktop = Viewport {
-        width: 1280,
-        height: 800,
-        mobile: false,
-    };
-    let dbg = || {
-        BrowserAction::Eval(t(
-            "return [window.innerWidth, window.outerWidth, devicePixelRatio, navigator.userAgent.slice(0, 40), navigator.maxTouchPoints, 0]",
-        ))
-    };
-    for start in [None, Some(phone)] {
-        let spec = probe(
-            "explore",
-            vec![
-                step("home", BrowserAction::Goto(t("{{ shop }}/"))),
-                step("d0", dbg()),
-                step("to_phone", BrowserAction::Viewport(phone)),
-                step("d1", dbg()),
-                step("nav1", BrowserAction::Goto(t("{{ shop }}/products"))),
-                step("d2", dbg()),
-                step("to_desktop", BrowserAction::Viewport(desktop)),
-                step("d3", dbg()),
-                step("nav2", BrowserAction::Goto(t("{{ shop }}/"))),
-                step("d4", dbg()),
-            ],
-            start,
-        );
-        let result = run_probe(&spec, &env.runtime).await;
-        for s in &result.steps {
-            println!(
-                "{} {:?} {:?}",
-                s.name,
-                s.result,
-                s.asserts.first().and_then(|a| a.actual.clone())
-            );
-        }
-    }
     env.finish().await;
 }

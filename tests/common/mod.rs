@@ -886,9 +886,19 @@ pub async fn verify_config(config: &str, extra: &[&str]) -> Verified {
         .current_dir(scratch.path())
         .run()
         .await;
-    let text = scratch.read("report.json");
-    let report = serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("the JSON report does not parse ({e}):\n{text}\n{}", run.output()));
+    let text = std::fs::read_to_string(scratch.file("report.json")).unwrap_or_else(|e| {
+        panic!(
+            "patrol verify wrote no report ({e}), exit {:?}\n{}",
+            run.code,
+            run.output()
+        )
+    });
+    let report = serde_json::from_str(&text).unwrap_or_else(|e| {
+        panic!(
+            "the JSON report does not parse ({e}):\n{text}\n{}",
+            run.output()
+        )
+    });
     Verified {
         run,
         report,

@@ -2,10 +2,14 @@
 //! every run (`try_wait`, then `GET /status`) and restarted when it died.
 //!
 //! chromedriver accepts only local connections unless told otherwise, and it is never told
-//! otherwise here (no `--allowed-ips`, which when empty would mean "anyone"). It runs with
-//! `XDG_CONFIG_HOME` inside the browser's work directory, so Chromium's crash handler keeps its
-//! database there too and every process Chromium starts names a path under that directory: the
-//! cleanup in [`super::procs`] finds them all by it.
+//! otherwise here (no `--allowed-ips`, which when empty would mean "anyone").
+//!
+//! Everything chromedriver and Chromium write stays in the browser's work directory: its log
+//! (`--log-path`, warnings only), `XDG_CONFIG_HOME` (Chromium's crash handler database) and
+//! `TMPDIR` (Chromium's singleton sockets, chromedriver's scoped directories, both left behind
+//! when a browser is killed). So every process started names a path under that directory in its
+//! command line, and the cleanup in [`super::procs`] finds them all by it — also after a crash of
+//! the agent itself, on the next start ([`sweep_abandoned`]).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -37,13 +41,15 @@ impl Driver {
         work_dir: &Path,
         until: Instant,
     ) -> Result<Driver, String> {
-        let xdg = work_dir.join("xdg");
-        std::fs::create_dir_all(&xdg).map_err(|e| {
-            format!(
-                "could not create the browser work directory {}: {e}",
-                xdg.display()
-            )
-        })?;
+        let (xdg, tmp) = (work_dir.join("xdg"), work_dir.join("tmp"));
+        for dir in [&xdg, &tmp] {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                format!(
+                    "could not create the browser work directory {}: {e}",
+                    dir.display()
+                )
+            })?;
+        }
         let mut last = String::new();
         for _ in 0..START_ATTEMPTS {
             let port = free_port().map_err(|e| {
@@ -52,7 +58,13 @@ impl Driver {
             let started = Instant::now();
             let mut child = tokio::process::Command::new(binary)
                 .arg(format!("--port={port}"))
+                .arg(format!(
+                    "--log-path={}",
+                    work_dir.join("chromedriver.log").display()
+                ))
+                .arg("--log-level=WARNING")
                 .env("XDG_CONFIG_HOME", &xdg)
+                .env("TMPDIR", &tmp)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -128,6 +140,39 @@ impl Driver {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
+}
+
+/// The prefix of every browser work directory in the temp directory; the agent's pid follows.
+pub(crate) const WORK_DIR_PREFIX: &str = "patrol-browser-";
+
+/// Cleans up after agents that died without shutting their browser down (killed, crashed): for
+/// each `patrol-browser-<pid>-*` work directory whose pid no longer runs, kills the processes
+/// naming it and removes it. Returns how many directories were swept.
+pub(crate) async fn sweep_abandoned(temp_dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(temp_dir) else {
+        return 0;
+    };
+    let mut swept = 0;
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name();
+        let Some(owner) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(WORK_DIR_PREFIX))
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if owner == std::process::id() || Path::new(&format!("/proc/{owner}")).exists() {
+            continue;
+        }
+        let dir = entry.path();
+        let killed = super::procs::kill_matching(&dir, Duration::from_secs(2)).await;
+        super::procs::remove_dir(&dir).await;
+        tracing::warn!(dir = %dir.display(), killed, "Browser work directory of a dead agent swept.");
+        swept += 1;
+    }
+    swept
 }
 
 /// A port that was free on 127.0.0.1 a moment ago.

@@ -78,7 +78,8 @@ impl Browser {
     /// A browser that starts chromedriver when first needed.
     pub fn new(settings: BrowserSettings) -> Browser {
         let work_dir = std::env::temp_dir().join(format!(
-            "patrol-browser-{}-{}",
+            "{}{}-{}",
+            driver::WORK_DIR_PREFIX,
             std::process::id(),
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         ));
@@ -177,7 +178,10 @@ impl Browser {
                 dead.stop().await;
             }
         }
-        self.started.store(true, Ordering::SeqCst);
+        if !self.started.swap(true, Ordering::SeqCst) {
+            // Leftovers of an agent that was killed before it could shut its browser down.
+            tokio::spawn(async { driver::sweep_abandoned(&std::env::temp_dir()).await });
+        }
         let binary = driver::locate_binary(&self.settings.chromedriver)
             .unwrap_or_else(|| self.settings.chromedriver.clone());
         let started = Driver::start(&binary, &self.work_dir, until)

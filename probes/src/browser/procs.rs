@@ -1,9 +1,10 @@
-//! Stray Chromium processes: found by a path in their command line, killed with SIGKILL.
+//! Stray Chromium processes: found by a path in their command line or environment, killed with
+//! SIGKILL.
 //!
 //! Every process a session's Chromium starts (browser, zygotes, renderers, GPU and utility
-//! processes) carries `--user-data-dir=<profile>` in its command line, and the crash handler
-//! carries its database under the browser's work directory (chromedriver runs with
-//! `XDG_CONFIG_HOME` there). Scanning `/proc/*/cmdline` for a profile or the work directory
+//! processes) carries `--user-data-dir=<profile>` in its command line; chromedriver names its log
+//! in the work directory, and it and everything it starts inherit `TMPDIR` and
+//! `XDG_CONFIG_HOME` pointing there. Scanning `/proc` for a profile or the work directory
 //! therefore finds everything a session or the whole browser left running, even after
 //! chromedriver was killed and its children were re-parented to init.
 //!
@@ -13,7 +14,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-/// Live (non-zombie) processes whose command line contains `needle`, other than this one.
+/// Live (non-zombie) processes whose command line or environment contains `needle`, other
+/// than this one.
 pub(crate) fn matching(needle: &Path) -> Vec<u32> {
     let needle = needle.as_os_str().as_encoded_bytes();
     if needle.is_empty() {
@@ -28,8 +30,11 @@ pub(crate) fn matching(needle: &Path) -> Vec<u32> {
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter(|&pid| pid != me)
         .filter(|&pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|cmd| cmd.windows(needle.len()).any(|w| w == needle))
+            let names = |file: &str| {
+                std::fs::read(format!("/proc/{pid}/{file}"))
+                    .is_ok_and(|text| text.windows(needle.len()).any(|w| w == needle))
+            };
+            names("cmdline") || names("environ")
         })
         .filter(|&pid| !is_zombie(pid))
         .collect()

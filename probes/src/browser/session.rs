@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use fantoccini::{Client, ClientBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
@@ -160,6 +160,9 @@ impl Drop for Session {
                 // No runtime: the client cannot talk any more; kill what the profile names.
                 drop(client);
                 procs::kill_matching_blocking(&profile, KILL_PATIENCE);
+                if let Some(singleton) = singleton_dir(&profile) {
+                    procs::remove_dir_blocking(&singleton);
+                }
                 procs::remove_dir_blocking(&profile);
                 drop(permit);
             }
@@ -182,6 +185,9 @@ async fn release(client: Option<Client>, profile: PathBuf, permit: Option<OwnedS
     let killed = procs::kill_matching(&profile, KILL_PATIENCE).await;
     if killed > 0 {
         tracing::info!(killed, profile = %profile.display(), "Stray Chromium processes killed.");
+    }
+    if let Some(singleton) = singleton_dir(&profile) {
+        procs::remove_dir(&singleton).await;
     }
     procs::remove_dir(&profile).await;
     drop(permit);
@@ -228,6 +234,16 @@ fn capabilities(launch: &LaunchOptions, probe: &BrowserProbe) -> fantoccini::wd:
 
 fn first_line(text: &str) -> &str {
     text.lines().next().unwrap_or(text).trim()
+}
+
+/// The temp directory holding the profile's singleton socket, which a killed Chromium leaves
+/// behind (the profile links to it).
+fn singleton_dir(profile: &Path) -> Option<PathBuf> {
+    let socket = std::fs::read_link(profile.join("SingletonSocket")).ok()?;
+    let dir = socket.parent()?;
+    let name = dir.file_name()?.to_str()?;
+    name.starts_with("org.chromium.Chromium.")
+        .then(|| dir.to_path_buf())
 }
 
 /// The directory a new session's profile lives in.

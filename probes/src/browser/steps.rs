@@ -216,7 +216,6 @@ const ELEMENT_KEY: &str = "element-6066-11e4-a52e-4f735466cecf";
 /// A step's view of the run.
 struct Ctx<'a> {
     client: &'a Client,
-    session: &'a Session,
     step: &'a BrowserStep,
     probe_deadline: Instant,
 }
@@ -246,7 +245,6 @@ pub(crate) async fn run(
         let mut result = StepResult::skipped(&step.name);
         let mut ctx = Ctx {
             client: session.client(),
-            session,
             step,
             probe_deadline: deadline,
         };

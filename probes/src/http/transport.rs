@@ -36,6 +36,7 @@ use url::{Host, Url};
 use crate::net::dial::chain;
 use crate::net::tls::TlsConfigs;
 use crate::net::{Dial, Failure};
+use crate::result::Phases;
 
 pub use crate::net::FailureKind;
 

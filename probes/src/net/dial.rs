@@ -305,7 +305,7 @@ mod tests {
     #[test]
     fn endpoints_parse_names_addresses_and_default_ports() {
         let e = Endpoint::parse("db.internal:5432", None).expect("parses");
-        assert_eq!(e.host, Host::Domain("db.internal".into()));
+        assert_eq!(e.host, Host::Domain("db.internal".to_string()));
         assert_eq!(e.port, 5432);
         let e = Endpoint::parse("[::1]:53", None).expect("parses");
         assert_eq!(e.host_text(), "::1");
