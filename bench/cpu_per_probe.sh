@@ -10,8 +10,7 @@
 # - blackbox paced: the same number of /probe?module=http_2xx requests at the same rate, sent
 #   over keep-alive connections by a small Python driver; the exporter's CPU over probes.
 # - blackbox under wrk: as fast as wrk sends them (1 thread, 4 connections), as in the peer
-#   figure of ~0.6 ms/probe, for about the same number of probes (wrk runs for a duration, so
-#   the count is what it completed: runs/2000 s, +1).
+#   figure of ~0.6 ms/probe, in 2 s bursts until it has done at least as many probes.
 # Only the measured process's CPU counts (not nginx, wrk or the driver). Prints per-round
 # numbers and the medians.
 NO_SHOP=1 source "$(dirname "$0")/common.sh"
@@ -74,12 +73,16 @@ for round in $(seq "$ROUNDS"); do
   echo "round $round: patrol user/sys/ctxsw per run: $(python3 -c "t=$CLK_TCK; n=$runs; print(f'{($u1-$u0)*1000/t/n:.3f} ms / {($k1-$k0)*1000/t/n:.3f} ms / {($x1-$x0)/n:.1f}')");" \
     "blackbox paced: $(python3 -c "t=$CLK_TCK; n=$runs; print(f'{($bu1-$bu0)*1000/t/n:.3f} ms / {($bk1-$bk0)*1000/t/n:.3f} ms / {($bx1-$bx0)/n:.1f}')")" >> "$WORK/split.txt"
 
-  w0=$(cpu_ticks "$BLACKBOX_PID")
-  wrk -t1 -c4 -d"$((runs / 2000 + 1))s" "$probe_url" > "$WORK/wrk.txt"
-  grep -q "Non-2xx" "$WORK/wrk.txt" && { cat "$WORK/wrk.txt" >&2; exit 1; }
-  w1=$(cpu_ticks "$BLACKBOX_PID")
-  wrk_done=$(awk '/requests in/ {print $1}' "$WORK/wrk.txt")
-  wrk_rate=$(awk '/Requests\/sec/ {print $2}' "$WORK/wrk.txt")
+  # wrk runs for a duration: 2 s bursts until it has done as many probes as Patrol ran.
+  w0=$(cpu_ticks "$BLACKBOX_PID"); wt0=$(date +%s.%N)
+  wrk_done=0
+  while [ "$wrk_done" -lt "$runs" ]; do
+    wrk -t1 -c4 -d2s "$probe_url" > "$WORK/wrk.txt"
+    if grep -q "Non-2xx" "$WORK/wrk.txt"; then cat "$WORK/wrk.txt" >&2; exit 1; fi
+    wrk_done=$((wrk_done + $(awk '/requests in/ {print $1}' "$WORK/wrk.txt")))
+  done
+  w1=$(cpu_ticks "$BLACKBOX_PID"); wt1=$(date +%s.%N)
+  wrk_rate=$(python3 -c "print($wrk_done / ($wt1 - $wt0))")
 
   python3 - "$round" "$runs" "$fails" "$rate" "$((c1 - c0))" "$((b1 - b0))" "$(python3 -c "print($t1 - $t0)")" \
     "$((w1 - w0))" "$wrk_done" "$wrk_rate" "$CLK_TCK" << 'PY' | tee -a "$WORK/rows.tsv"

@@ -12,6 +12,7 @@
 //! - [`result`]: probe, step and assertion results
 //! - [`net`]: fresh connections with timed resolve, connect and TLS phases; shared TLS configs
 //! - [`http`]: the HTTP scenario engine and its phase-timing transport
+//! - [`infra`]: infrastructure probes: tcp, dns, tls, redis and postgres steps
 //! - [`browser`]: browser probes in headless Chromium over WebDriver, chromedriver supervised
 //! - [`artifacts`]: screenshots, page HTML and bodies of failed runs, newest N kept
 //! - [`run`]: running a probe with its timeout and retries
@@ -21,6 +22,7 @@ pub mod assert;
 pub mod browser;
 pub mod capture;
 pub mod http;
+pub mod infra;
 pub mod net;
 pub mod query;
 pub mod result;

@@ -150,6 +150,10 @@ pub struct StepResult {
     /// Unix seconds at which the earliest peer certificate expires, for TLS exchanges.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cert_not_after: Option<i64>,
+    /// The negotiated TLS version (`TLS 1.3`), for steps of infrastructure probes that did a
+    /// handshake.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_version: Option<String>,
     /// Paths of files saved for this step (screenshots, page HTML, response bodies).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub artifacts: Vec<String>,
@@ -203,6 +207,7 @@ impl StepResult {
             asserts: Vec::new(),
             error: None,
             cert_not_after: None,
+            tls_version: None,
             artifacts: Vec::new(),
             exchange: None,
             vitals: None,
@@ -262,6 +267,26 @@ impl ProbeResult {
     /// The earliest certificate expiry seen by any step, in unix seconds.
     pub fn earliest_cert_expiry(&self) -> Option<i64> {
         self.steps.iter().filter_map(|s| s.cert_not_after).min()
+    }
+
+    /// The TLS version the last handshaking step negotiated (`TLS 1.3`).
+    pub fn tls_version(&self) -> Option<&str> {
+        self.steps
+            .iter()
+            .rev()
+            .find_map(|s| s.tls_version.as_deref())
+    }
+
+    /// Time the run's steps spent resolving names (a `dns` probe's queries), when any step
+    /// made a network exchange.
+    pub fn lookup_time(&self) -> Option<Duration> {
+        let mut phases = self
+            .steps
+            .iter()
+            .filter_map(|s| s.phases.as_ref())
+            .peekable();
+        phases.peek()?;
+        Some(phases.map(|p| p.resolve).sum())
     }
 }
 

@@ -8,6 +8,8 @@ use crate::artifacts::{ArtifactStore, RunArtifacts};
 use crate::browser::{self, Browser};
 use crate::http::engine::{mask_step, run_steps};
 use crate::http::transport::Transport;
+use crate::infra;
+use crate::net::tls::TlsConfigs;
 use crate::result::{Attempt, Outcome, ProbeResult, StepResult};
 use crate::spec::{ProbeKind, ProbeSpec};
 use crate::template::{Masker, Scope, Template};
@@ -17,6 +19,8 @@ use crate::template::{Masker, Scope, Template};
 pub struct Runtime {
     /// The HTTP transport (TLS configs built once).
     pub transport: Transport,
+    /// TLS configs without ALPN for the infrastructure probes (built once).
+    pub tls: TlsConfigs,
     /// Config vars in order, rendered into each attempt's scope.
     pub vars: Arc<Vec<(String, Template)>>,
     /// Secrets known before the run (every `env.`/`file.` value the config refers to).
@@ -32,6 +36,7 @@ impl Runtime {
     pub fn new(vars: Vec<(String, Template)>, masker: Masker) -> Runtime {
         Runtime {
             transport: Transport::new(),
+            tls: TlsConfigs::new(&[]),
             vars: Arc::new(vars),
             masker,
             browser: None,
@@ -155,6 +160,9 @@ async fn run_attempt(
                 }
                 None => browser_unavailable(spec),
             },
+            ProbeKind::Infra(probe) => {
+                infra::run_steps(probe, &runtime.tls, &mut scope, &masker, deadline).await
+            }
         }
     };
     let (mut steps, error) = match tokio::time::timeout_at(deadline + grace, work).await {

@@ -1,6 +1,7 @@
 //! Probe specs: what to run, parsed and validated once at config load. The engines take a spec
 //! and return a [`crate::result::ProbeResult`]; nothing here knows about schedules or servers.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::assert::Assertion;
@@ -30,9 +31,10 @@ pub struct ProbeSpec {
 impl ProbeSpec {
     /// The type name used in reports and the `type` metric label.
     pub fn type_name(&self) -> &'static str {
-        match self.kind {
+        match &self.kind {
             ProbeKind::Http(_) => "http",
             ProbeKind::Browser(_) => "browser",
+            ProbeKind::Infra(infra) => infra.protocol.name(),
         }
     }
 
@@ -41,6 +43,7 @@ impl ProbeSpec {
         match &self.kind {
             ProbeKind::Http(http) => http.steps.iter().map(|s| s.name.as_str()).collect(),
             ProbeKind::Browser(b) => b.steps.iter().map(|s| s.name.as_str()).collect(),
+            ProbeKind::Infra(i) => i.steps.iter().map(|s| s.name.as_str()).collect(),
         }
     }
 }
@@ -52,6 +55,8 @@ pub enum ProbeKind {
     Http(HttpProbe),
     /// A scenario in real headless Chromium over WebDriver.
     Browser(BrowserProbe),
+    /// Infrastructure checks: TCP, DNS, TLS, Redis or PostgreSQL.
+    Infra(InfraProbe),
 }
 
 /// An HTTP scenario and its transport options.
@@ -327,4 +332,283 @@ impl BrowserAction {
             | BrowserAction::AssertNoConsoleErrors { .. } => Vec::new(),
         }
     }
+}
+
+/// The infrastructure probe types, each named as in `type:`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    /// `tcp`: connect, optionally TLS, send and expect a reply.
+    Tcp,
+    /// `dns`: one query against the system resolver or a given server.
+    Dns,
+    /// `tls`: a handshake only, for the certificate and protocol.
+    Tls,
+    /// `redis`: commands over RESP.
+    Redis,
+    /// `postgres`: one SQL query in a read-only session.
+    Postgres,
+}
+
+/// Queries every infrastructure step offers.
+const COMMON_QUERIES: [&str; 1] = ["duration"];
+/// Queries of steps that may do a TLS handshake.
+const TLS_QUERIES: [&str; 5] = ["cert_expiry", "issuer", "subject", "sans", "tls_version"];
+
+impl Protocol {
+    /// Every infrastructure type.
+    pub const ALL: [Protocol; 5] = [
+        Protocol::Tcp,
+        Protocol::Dns,
+        Protocol::Tls,
+        Protocol::Redis,
+        Protocol::Postgres,
+    ];
+
+    /// The `type:` name, also the `type` metric label.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Dns => "dns",
+            Protocol::Tls => "tls",
+            Protocol::Redis => "redis",
+            Protocol::Postgres => "postgres",
+        }
+    }
+
+    /// The type named `name`.
+    pub fn from_name(name: &str) -> Option<Protocol> {
+        Protocol::ALL.into_iter().find(|p| p.name() == name)
+    }
+
+    /// The query keywords assertions and captures of this type's steps can use.
+    pub fn queries(self) -> Vec<&'static str> {
+        let own: &[&str] = match self {
+            Protocol::Tcp => &["reply", "regex"],
+            Protocol::Dns => &["rcode", "answers"],
+            Protocol::Tls => &[],
+            Protocol::Redis => &["reply", "replies", "regex"],
+            Protocol::Postgres => &["rows", "value", "column"],
+        };
+        let mut out: Vec<&'static str> = own.to_vec();
+        out.extend(COMMON_QUERIES);
+        if self != Protocol::Dns {
+            out.extend(TLS_QUERIES);
+        }
+        out
+    }
+}
+
+/// An infrastructure probe: steps of one type, each on a fresh connection.
+#[derive(Debug, Clone)]
+pub struct InfraProbe {
+    /// The probe's type; every step is a check of this type.
+    pub protocol: Protocol,
+    /// Steps, run in order; a failed step skips the rest.
+    pub steps: Vec<InfraStep>,
+    /// Skip TLS certificate verification (still records expiry and the certificate's fields).
+    pub insecure: bool,
+}
+
+/// One check with its captures and assertions.
+#[derive(Debug, Clone)]
+pub struct InfraStep {
+    /// Step name, unique within the probe.
+    pub name: String,
+    /// What to do.
+    pub check: Check,
+    /// Values to take from what was observed, in order.
+    pub captures: Vec<Capture>,
+    /// Assertions, every one evaluated.
+    pub asserts: Vec<Assertion>,
+    /// Step timeout; the probe's remaining time bounds it too.
+    pub timeout: Option<Duration>,
+}
+
+/// What an infrastructure step does.
+#[derive(Debug, Clone)]
+pub enum Check {
+    /// Connect, optionally TLS, send and expect.
+    Tcp(TcpCheck),
+    /// Resolve a name.
+    Dns(DnsCheck),
+    /// Handshake only.
+    Tls(TlsCheck),
+    /// Run Redis commands.
+    Redis(RedisCheck),
+    /// Run a SQL query.
+    Postgres(PostgresCheck),
+}
+
+impl Check {
+    /// The type of probe this check belongs to.
+    pub fn protocol(&self) -> Protocol {
+        match self {
+            Check::Tcp(_) => Protocol::Tcp,
+            Check::Dns(_) => Protocol::Dns,
+            Check::Tls(_) => Protocol::Tls,
+            Check::Redis(_) => Protocol::Redis,
+            Check::Postgres(_) => Protocol::Postgres,
+        }
+    }
+
+    /// Every template of the check.
+    pub fn templates(&self) -> Vec<&Template> {
+        let mut out = Vec::new();
+        match self {
+            Check::Tcp(c) => {
+                out.push(&c.address);
+                out.extend(c.tls.server_name.iter());
+                out.extend(c.send.iter());
+                out.extend(c.expect.iter());
+            }
+            Check::Dns(c) => {
+                out.push(&c.name);
+                out.extend(c.server.iter());
+            }
+            Check::Tls(c) => {
+                out.push(&c.address);
+                out.extend(c.tls.server_name.iter());
+            }
+            Check::Redis(c) => {
+                out.push(&c.address);
+                out.extend(c.tls.server_name.iter());
+                out.extend(c.username.iter());
+                out.extend(c.password.iter());
+                out.extend(c.commands.iter().flatten());
+            }
+            Check::Postgres(c) => {
+                out.push(&c.dsn);
+                out.extend(c.tls.server_name.iter());
+                out.extend(c.password.iter());
+                out.push(&c.query);
+            }
+        }
+        out
+    }
+}
+
+/// TLS settings of a check that may speak TLS.
+#[derive(Debug, Clone, Default)]
+pub struct TlsOptions {
+    /// The name sent as SNI and verified; the host of the address when absent.
+    pub server_name: Option<Template>,
+    /// Trust only the CA certificates in this PEM file instead of the webpki roots.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// `tcp`: connect to `address`; optionally TLS, send bytes and read until `expect` matches.
+#[derive(Debug, Clone)]
+pub struct TcpCheck {
+    /// `host:port`.
+    pub address: Template,
+    /// Do a TLS handshake after connecting.
+    pub use_tls: bool,
+    /// SNI, verification name and CA.
+    pub tls: TlsOptions,
+    /// Bytes to send once connected.
+    pub send: Option<Template>,
+    /// A regex the reply must match; reading stops once it does.
+    pub expect: Option<Template>,
+}
+
+/// `dns`: one query.
+#[derive(Debug, Clone)]
+pub struct DnsCheck {
+    /// The name to resolve (absolute; no search domains).
+    pub name: Template,
+    /// The record type: A, AAAA, CNAME, TXT, MX, NS, SOA, SRV, CAA, PTR.
+    pub record: String,
+    /// `host[:port]` of the server to ask; the system's resolver (/etc/hosts, then
+    /// /etc/resolv.conf's nameservers) when absent.
+    pub server: Option<Template>,
+    /// Ask over TCP instead of UDP (UDP falls back to TCP on a truncated answer anyway).
+    pub tcp: bool,
+}
+
+/// `tls`: a handshake with `address`, nothing sent.
+#[derive(Debug, Clone)]
+pub struct TlsCheck {
+    /// `host:port`.
+    pub address: Template,
+    /// SNI, verification name and CA.
+    pub tls: TlsOptions,
+}
+
+/// `redis`: authenticate, select a database, run commands in order.
+#[derive(Debug, Clone)]
+pub struct RedisCheck {
+    /// `host:port`.
+    pub address: Template,
+    /// Speak TLS (what `rediss://` means).
+    pub use_tls: bool,
+    /// SNI, verification name and CA.
+    pub tls: TlsOptions,
+    /// ACL user name (Redis 6+); `default` when only a password is given.
+    pub username: Option<Template>,
+    /// The password (`AUTH`); masked everywhere.
+    pub password: Option<Template>,
+    /// Database number (`SELECT`).
+    pub database: Option<u32>,
+    /// Commands, each a list of arguments; `[[PING]]` by default.
+    pub commands: Vec<Vec<Template>>,
+}
+
+/// How a PostgreSQL connection uses TLS, as libpq's `sslmode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SslMode {
+    /// Plain TCP.
+    Disable,
+    /// TLS when the server offers it, certificate not verified (libpq's default).
+    Prefer,
+    /// TLS or fail, certificate not verified.
+    Require,
+    /// TLS or fail, certificate chain and host name verified.
+    VerifyFull,
+}
+
+impl SslMode {
+    /// Parses libpq's spelling.
+    pub fn parse(text: &str) -> Result<SslMode, String> {
+        match text {
+            "disable" => Ok(SslMode::Disable),
+            "prefer" => Ok(SslMode::Prefer),
+            "require" => Ok(SslMode::Require),
+            "verify-full" => Ok(SslMode::VerifyFull),
+            "allow" | "verify-ca" => Err(format!(
+                "sslmode `{text}` is not supported; use disable, prefer, require or verify-full"
+            )),
+            other => Err(format!(
+                "unknown sslmode `{other}`; use disable, prefer, require or verify-full"
+            )),
+        }
+    }
+
+    /// libpq's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
+}
+
+/// `postgres`: connect with a DSN and run one query in a (by default read-only) session.
+#[derive(Debug, Clone)]
+pub struct PostgresCheck {
+    /// `postgres://user@host:port/db?sslmode=…` or `host=… user=… dbname=…`.
+    pub dsn: Template,
+    /// The password, overriding one in the DSN; masked everywhere.
+    pub password: Option<Template>,
+    /// The SQL (simple protocol: several statements allowed, results as text).
+    pub query: Template,
+    /// Server-side `statement_timeout`; the step's remaining time when absent.
+    pub statement_timeout: Option<Duration>,
+    /// Start the session with `default_transaction_read_only = on`.
+    pub read_only: bool,
+    /// TLS mode, overriding the DSN's `sslmode`; the DSN's, else `prefer`, when absent.
+    pub sslmode: Option<SslMode>,
+    /// Server name and CA file (`verify-full`).
+    pub tls: TlsOptions,
 }

@@ -333,6 +333,15 @@ impl Scope {
         self.values.get(name)
     }
 
+    /// Remembers `value` as a secret (a password written in the config itself, say), so it is
+    /// masked like the values read from `env.` and `file.`.
+    pub fn add_secret(&mut self, value: impl Into<String>) {
+        let value = value.into();
+        if !value.is_empty() && !self.secrets.contains(&value) {
+            self.secrets.push(value);
+        }
+    }
+
     /// Every secret value this scope has read so far.
     pub fn secret_values(&self) -> impl Iterator<Item = String> + '_ {
         self.secrets.iter().cloned()

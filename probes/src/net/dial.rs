@@ -111,7 +111,11 @@ impl Dial {
     }
 
     /// Resolves `host` (skipped, zero time, for IP literals) with the system resolver.
-    pub async fn resolve(&mut self, host: &Host<String>, port: u16) -> Result<Vec<SocketAddr>, Failure> {
+    pub async fn resolve(
+        &mut self,
+        host: &Host<String>,
+        port: u16,
+    ) -> Result<Vec<SocketAddr>, Failure> {
         let name = match host {
             Host::Ipv4(ip) => return Ok(vec![SocketAddr::new(IpAddr::V4(*ip), port)]),
             Host::Ipv6(ip) => return Ok(vec![SocketAddr::new(IpAddr::V6(*ip), port)]),
@@ -166,7 +170,11 @@ impl Dial {
     }
 
     /// Resolves and connects to `host:port`.
-    pub async fn open(&mut self, host: &Host<String>, port: u16) -> Result<(TcpStream, SocketAddr), Failure> {
+    pub async fn open(
+        &mut self,
+        host: &Host<String>,
+        port: u16,
+    ) -> Result<(TcpStream, SocketAddr), Failure> {
         let addrs = self.resolve(host, port).await?;
         self.connect(&addrs).await
     }

@@ -69,7 +69,11 @@ impl TlsConfigs {
     /// A config for one handshake: the accepting one when `insecure`, one trusting only the CA
     /// certificates of `ca_file` (PEM) when given, else the shared verifying one. The file is
     /// read each time so a rotated CA bundle needs no reload.
-    pub fn for_probe(&self, insecure: bool, ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, String> {
+    pub fn for_probe(
+        &self,
+        insecure: bool,
+        ca_file: Option<&Path>,
+    ) -> Result<Arc<ClientConfig>, String> {
         match ca_file {
             Some(path) if !insecure => {
                 let roots = load_ca_file(path)?;
@@ -292,6 +296,9 @@ mod tests {
     #[test]
     fn a_missing_ca_file_is_explained() {
         let e = load_ca_file(Path::new("/nonexistent/ca.pem")).expect_err("missing");
-        assert!(e.starts_with("cannot read the CA file /nonexistent/ca.pem"), "{e}");
+        assert!(
+            e.starts_with("cannot read the CA file /nonexistent/ca.pem"),
+            "{e}"
+        );
     }
 }
