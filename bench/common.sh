@@ -3,16 +3,22 @@
 # CPU time and memory from /proc. Everything started here is stopped on exit.
 #
 # Environment: NO_BUILD=1 skips `cargo build` (use the binaries already in target/release);
-# SHOP_PORT picks the shop's port (a free one by default); NO_SHOP=1 does not start the shop.
+# BIN_DIR=DIR takes `patrol` and `citadel-shop` from DIR instead (no build), e.g. a release build
+# of a given commit; SHOP_PORT picks the shop's port (a free one by default); NO_SHOP=1 does not
+# start the shop.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-if [ -z "${NO_BUILD:-}" ]; then
-  cargo build --release --quiet -p patrol -p citadel-shop --manifest-path "$ROOT/Cargo.toml"
+BIN_DIR="${BIN_DIR:-}"
+if [ -z "$BIN_DIR" ]; then
+  BIN_DIR="$ROOT/target/release"
+  if [ -z "${NO_BUILD:-}" ]; then
+    cargo build --release --quiet -p patrol -p citadel-shop --manifest-path "$ROOT/Cargo.toml"
+  fi
 fi
 WORK="$(mktemp -d)"
 # Copies, so a teammate's rebuild of target/release cannot swap the binary mid-run.
 mkdir -p "$WORK/bin"
-cp "$ROOT/target/release/patrol" "$ROOT/target/release/citadel-shop" "$WORK/bin/"
+cp "$BIN_DIR/patrol" "$BIN_DIR/citadel-shop" "$WORK/bin/"
 PATROL="$WORK/bin/patrol"
 SHOP_BIN="$WORK/bin/citadel-shop"
 PIDS=()
@@ -42,6 +48,7 @@ wait_http() {
 machine_notes() {
   echo "date: $(date -u +%Y-%m-%dT%H:%MZ); $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p');" \
     "load average $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo "binaries: $BIN_DIR/patrol built $(date -u -r "$BIN_DIR/patrol" +%Y-%m-%dT%H:%MZ)"
 }
 
 # CPU time (utime + stime, every thread) of PID in clock ticks.

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # How late runs really start, and when: the agent with PROBES probes (default 1000) at
 # `every: 1s` against nginx runs for DURATION s (default 110) with no /metrics scrape; then every
-# probe's last 100 runs are read from /api/v1/probes/NAME/runs. A probe's runs all belong to one
-# slot grid (epoch-aligned seconds + the probe's fixed offset), so `started_at_ms mod 1000`
-# minus the smallest such value for that probe is how late the run started (ms resolution),
-# including what the scheduler-lag histogram leaves out: the dispatcher, the runner's permit
-# and task start. Prints the lateness percentiles and, per second of the run, the worst
+# probe's last 100 runs are read from /api/v1/probes/NAME/runs (those started once the reading
+# began are left out). A probe's runs all belong to one slot grid (epoch-aligned seconds + the
+# probe's fixed offset), so `started_at_ms mod 1000` minus the probe's on-time phase is how late
+# the run started (ms resolution), including what the scheduler-lag histogram leaves out: the
+# dispatcher, the runner's permit and task start. Prints the lateness percentiles and, per second of the run, the worst
 # lateness of the runs due in it (to tell periodic stalls from noise).
 NO_SHOP=1 source "$(dirname "$0")/common.sh"
 PROBES="${PROBES:-1000}"
@@ -19,15 +19,17 @@ c0=$(cpu_ticks "$AGENT_PID")
 sleep "$DURATION"
 c1=$(cpu_ticks "$AGENT_PID")
 echo "agent CPU $(( (c1 - c0) / CLK_TCK )) s in $DURATION s; RSS $(rss_kib "$AGENT_PID" | cut -d' ' -f1) KiB"
-python3 - "$AGENT" "$PROBES" << 'PY'
+python3 - "$AGENT" "$PROBES" "$(date +%s%3N)" << 'PY'
 import collections, json, sys, urllib.request
-agent, probes = sys.argv[1], int(sys.argv[2])
+agent, probes, fetch_ms = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 late, by_second = [], collections.defaultdict(int)
 for i in range(1, probes + 1):
     with urllib.request.urlopen(f"{agent}/api/v1/probes/p{i:04d}/runs?limit=100") as r:
         body = json.load(r)
     runs = body["runs"] if isinstance(body, dict) else body
-    starts = [r["started_at_ms"] for r in runs]
+    # Runs that started while the results were being fetched do not count (the fetch loads
+    # the agent).
+    starts = [r["started_at_ms"] for r in runs if r["started_at_ms"] < fetch_ms]
     if len(starts) < 10:
         continue
     phase = [s % 1000 for s in starts]

@@ -318,6 +318,7 @@ async fn an_invalid_utf8_body_fails_its_assertions_with_a_clear_message() {
     let actual = asserts[2]["actual"].as_str().unwrap_or_default();
     assert!(actual.contains('\u{fffd}') && actual.contains("ok"), "{actual}");
     // The JSONPath failure says the body is not JSON.
+    eprintln!("garbled: fail: {}", asserts[3]);
     let jsonpath = asserts[3].to_string().to_lowercase();
     assert!(jsonpath.contains("json"), "{jsonpath}");
     assert!(
@@ -350,6 +351,7 @@ async fn malformed_json_from_the_shop_fails_the_jsonpath_assertion() {
     let asserts = &common::step(probe, "get")["asserts"];
     assert_eq!(asserts[0]["result"], "pass", "{asserts:#}");
     assert_eq!(asserts[1]["result"], "fail", "{asserts:#}");
+    eprintln!("catalog: fail: {}", asserts[1]);
     let said = asserts[1].to_string().to_lowercase();
     assert!(said.contains("json"), "{said}");
     v.run.assert_code(1);

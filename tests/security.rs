@@ -425,8 +425,8 @@ async fn an_echoed_secret_is_scrubbed_from_saved_bodies_logs_and_every_endpoint(
     let exited = agent.wait(Duration::from_secs(10)).await;
     exited.assert_code(0);
     assert!(
-        exited.stderr.contains("DEBUG"),
-        "PATROL_LOG=debug should log at debug level:\n{}",
+        exited.stderr.contains("Probe run completed."),
+        "PATROL_LOG=debug should log the run:\n{}",
         exited.stderr
     );
     shown.push(("stderr (PATROL_LOG=debug)".to_string(), exited.stderr));

@@ -1,6 +1,9 @@
 //! `patrol demo`: starts the bundled reference shop on loopback and an agent probing it with the
 //! example CitadelBuy suite, and prints where to look. `--once` runs the suite a single time as
 //! `patrol verify` would and exits with its code.
+//!
+//! The shop speaks HTTP only: the example's infrastructure probes (database, Redis, TLS, DNS,
+//! tagged `infra`) target real hosts and are left out, as browser probes are without Chromium.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -8,8 +11,9 @@ use std::time::Duration;
 
 use citadel_shop::Shop;
 use patrol_probes::browser::Browser;
-use patrol_probes::spec::ProbeKind;
+use patrol_probes::spec::{ProbeKind, Protocol};
 use patrol_probes::template::Masker;
+use saphyr::{LoadableYamlNode, MarkedYaml, Scalar, YamlData};
 
 use crate::config;
 use crate::daemon::{self, RunOptions};
@@ -59,6 +63,9 @@ pub async fn run(options: DemoOptions) -> ExitCode {
         println!("Browser probes are left out: {why}");
     }
     let with_browser = browser_missing.is_none();
+    println!(
+        "Infrastructure probes (tag infra: database, Redis, TLS, DNS) are left out: they target real hosts."
+    );
     let code = if options.once {
         once(&vars, &password, options.verbose, with_browser).await
     } else {
@@ -89,6 +96,9 @@ async fn once(
             .probes
             .retain(|p| !matches!(p.spec.kind, ProbeKind::Browser(_)));
     }
+    config
+        .probes
+        .retain(|p| !matches!(p.spec.kind, ProbeKind::Infra(_)));
     println!("Running {EXAMPLE_NAME} once (the test password is masked as ***):\n");
     let outputs = Outputs {
         config_name: EXAMPLE_NAME.into(),
@@ -113,7 +123,8 @@ async fn agent(
     // The agent reads (and reloads) its config from a file: give it the example.
     let dir = std::env::temp_dir().join(format!("patrol-demo-{}", std::process::id()));
     let path = dir.join("citadelbuy.yaml");
-    if let Err(e) = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, EXAMPLE)) {
+    let example = without_infra_probes(EXAMPLE);
+    if let Err(e) = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, example)) {
         eprintln!(
             "error: cannot write the demo config to {}: {e}",
             path.display()
@@ -150,5 +161,78 @@ async fn agent(
             eprintln!("error: {e:#}");
             ExitCode::from(2)
         }
+    }
+}
+
+/// The config text without its infrastructure probes: each such item of the `probes:` list is
+/// cut out by its lines, so the agent reads (and reloads) the example otherwise unchanged.
+fn without_infra_probes(source: &str) -> String {
+    let Ok(docs) = MarkedYaml::load_from_str(source) else {
+        return source.to_string();
+    };
+    let Some(YamlData::Mapping(root)) = docs.first().map(|d| &d.data) else {
+        return source.to_string();
+    };
+    let is_key = |k: &MarkedYaml<'_>, name: &str| {
+        matches!(&k.data, YamlData::Value(Scalar::String(s)) if s == name)
+    };
+    let Some((probes_key, probes)) = root.iter().find(|(k, _)| is_key(k, "probes")) else {
+        return source.to_string();
+    };
+    let YamlData::Sequence(items) = &probes.data else {
+        return source.to_string();
+    };
+    // Lines are 1-based; the list ends where the next top-level key starts.
+    let list_end = root
+        .keys()
+        .map(|k| k.span.start.line())
+        .filter(|l| *l > probes_key.span.start.line())
+        .min()
+        .unwrap_or(usize::MAX);
+    let mut cut = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let YamlData::Mapping(fields) = &item.data else {
+            continue;
+        };
+        let infra = fields.iter().any(|(k, v)| {
+            is_key(k, "type")
+                && matches!(&v.data, YamlData::Value(Scalar::String(t)) if Protocol::from_name(t).is_some())
+        });
+        if infra {
+            let end = items
+                .get(i + 1)
+                .map_or(list_end, |next| next.span.start.line());
+            cut.push(item.span.start.line()..end);
+        }
+    }
+    source
+        .split_inclusive('\n')
+        .enumerate()
+        .filter(|(i, _)| !cut.iter().any(|r| r.contains(&(i + 1))))
+        .map(|(_, line)| line)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_demo_config_is_the_example_without_infrastructure_probes() {
+        let (full, _) = config::load_str(EXAMPLE_NAME, EXAMPLE).unwrap_or_else(|r| panic!("{r}"));
+        let demo = without_infra_probes(EXAMPLE);
+        let (cut, _) = config::load_str(EXAMPLE_NAME, &demo).unwrap_or_else(|r| panic!("{r}"));
+        let names = |c: &config::Config, infra: bool| -> Vec<String> {
+            c.probes
+                .iter()
+                .filter(|p| matches!(p.spec.kind, ProbeKind::Infra(_)) == infra)
+                .map(|p| p.spec.name.clone())
+                .collect()
+        };
+        assert!(!names(&full, true).is_empty(), "the example has infrastructure probes");
+        assert!(names(&cut, true).is_empty(), "left in: {:?}", names(&cut, true));
+        assert_eq!(names(&cut, false), names(&full, false));
+        assert_eq!(cut.vars.len(), full.vars.len());
+        assert_eq!(cut.verify.baseline, full.verify.baseline);
     }
 }

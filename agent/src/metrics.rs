@@ -72,6 +72,10 @@ pub struct Metrics {
 
     /// {probe, location}
     cert_expiry: GaugeVec,
+    /// {probe, version, location}
+    tls_version: GaugeVec,
+    /// {probe, location}
+    dns_lookup: GaugeVec,
     /// {probe, vital, location}
     web_vital: HistogramVec,
 
@@ -212,6 +216,26 @@ impl Metrics {
                     Opts::new(
                         "probe_ssl_earliest_cert_expiry",
                         "Unix seconds at which the earliest certificate seen by the probe expires.",
+                    ),
+                    &["probe", "location"],
+                ),
+            ),
+            tls_version: register(
+                r,
+                GaugeVec::new(
+                    Opts::new(
+                        "probe_tls_version_info",
+                        "1, labelled with the TLS version the probe last negotiated.",
+                    ),
+                    &["probe", "version", "location"],
+                ),
+            ),
+            dns_lookup: register(
+                r,
+                GaugeVec::new(
+                    Opts::new(
+                        "probe_dns_lookup_time_seconds",
+                        "Time the last run of a dns probe spent on its queries.",
                     ),
                     &["probe", "location"],
                 ),
@@ -394,6 +418,20 @@ impl Metrics {
                 .with_label_values(&[probe, location])
                 .set(expiry as f64);
         }
+        // Likewise the last version seen stays; one series per probe at a time.
+        if let Some(version) = result.tls_version() {
+            forget_in(&self.tls_version, probe);
+            self.tls_version
+                .with_label_values(&[probe, version, location])
+                .set(1.0);
+        }
+        if kind == "dns"
+            && let Some(lookup) = result.lookup_time()
+        {
+            self.dns_lookup
+                .with_label_values(&[probe, location])
+                .set(lookup.as_secs_f64());
+        }
     }
 
     fn record_phases(&self, probe: &str, step: &str, phases: &Phases) {
@@ -496,6 +534,8 @@ impl Metrics {
         forget_in(&self.phase_all_duration, probe);
         forget_in(&self.status_code, probe);
         forget_in(&self.cert_expiry, probe);
+        forget_in(&self.tls_version, probe);
+        forget_in(&self.dns_lookup, probe);
         forget_in(&self.web_vital, probe);
         forget_in(&self.runs_skipped, probe);
     }
@@ -905,6 +945,56 @@ mod tests {
         );
         // Forgetting an unknown probe is harmless.
         m.forget_probe("nope");
+    }
+
+    #[test]
+    fn tls_version_and_dns_lookup_time_follow_the_last_run() {
+        let m = Metrics::new("eu");
+        let tls_step = |version: Option<&str>| StepResult {
+            result: Outcome::Pass,
+            duration: ms(20),
+            phases: Some(phases()),
+            tls_version: version.map(str::to_string),
+            ..StepResult::skipped("handshake")
+        };
+        let mut tls = run(Outcome::Pass, Outcome::Pass, 20, vec![tls_step(Some("TLS 1.2"))]);
+        tls.kind = "tls".to_string();
+        m.record_run(&tls, None);
+        tls.steps = vec![tls_step(Some("TLS 1.3"))];
+        m.record_run(&tls, None);
+        // A run without a handshake (the server was down) keeps the last version.
+        tls.steps = vec![tls_step(None)];
+        m.record_run(&tls, None);
+        let text = m.render();
+        assert_value(
+            &text,
+            r#"probe_tls_version_info{location="eu",probe="p",version="TLS 1.3"}"#,
+            "1",
+        );
+        assert!(!text.contains(r#"version="TLS 1.2""#), "{text}");
+        // Only dns probes export a lookup time: for http it is the resolve phase.
+        assert!(!text.contains("probe_dns_lookup_time_seconds{"), "{text}");
+
+        let mut dns = run(Outcome::Pass, Outcome::Pass, 4, vec![tls_step(None)]);
+        dns.name = "d".to_string();
+        dns.kind = "dns".to_string();
+        m.record_run(&dns, None);
+        dns.steps[0].phases = Some(Phases {
+            resolve: ms(3),
+            ..Phases::default()
+        });
+        m.record_run(&dns, None);
+        let text = m.render();
+        assert_value(
+            &text,
+            r#"probe_dns_lookup_time_seconds{location="eu",probe="d"}"#,
+            "0.003",
+        );
+        m.forget_probe("p");
+        m.forget_probe("d");
+        let text = m.render();
+        assert!(!text.contains("probe_tls_version_info{"), "{text}");
+        assert!(!text.contains("probe_dns_lookup_time_seconds{"), "{text}");
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! Without /usr/bin/chromium the tests skip with a loud message; with `CI` set they fail
 //! instead, since CI installs Chromium.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -136,6 +137,19 @@ fn processes_naming(path: &Path) -> Vec<(u32, String)> {
             };
             let cmd = read("cmdline");
             (cmd.contains(&needle) || read("environ").contains(&needle)).then_some((pid, cmd))
+        })
+        .collect()
+}
+
+/// The `--user-data-dir` of every process under `work_dir`.
+fn profiles_in_use(work_dir: &Path) -> BTreeSet<String> {
+    processes_naming(work_dir)
+        .into_iter()
+        .filter_map(|(_, cmd)| {
+            let dir = cmd
+                .split(' ')
+                .find_map(|arg| arg.strip_prefix("--user-data-dir="))?;
+            Some(dir.to_string())
         })
         .collect()
 }
@@ -519,6 +533,24 @@ async fn a_mobile_viewport_emulates_a_phone_and_can_switch_back() {
     let result = run_probe(&spec, &env.runtime).await;
     assert_eq!(result.result, Outcome::Pass, "{}", describe(&result));
     assert_eq!(result.steps[1].asserts[0].actual.as_deref(), Some("390"));
+    // The next run most likely gets the spare session started after this one, shaped as a
+    // phone; a desktop probe must not notice.
+    let desktop_probe = probe(
+        "desktop",
+        vec![
+            step("home", BrowserAction::Goto(t("{{ shop }}/"))),
+            step(
+                "desktop",
+                BrowserAction::Eval(t(
+                    "return innerWidth === 1280 && devicePixelRatio === 1 && !navigator.userAgent.includes('Mobile')",
+                )),
+            ),
+        ],
+        None,
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let result = run_probe(&desktop_probe, &env.runtime).await;
+    assert_eq!(result.result, Outcome::Pass, "{}", describe(&result));
     env.finish().await;
 }
 
@@ -543,11 +575,12 @@ async fn a_killed_chromedriver_errors_the_run_and_the_next_run_recovers() {
     // Kill chromedriver once Chromium runs (most likely while the run waits in its second step;
     // any moment is fair).
     let mut pid = None;
+    let mut doomed_profiles = BTreeSet::new();
     for _ in 0..200 {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let sessions = processes_naming(env.browser.work_dir()).len();
+        doomed_profiles = profiles_in_use(env.browser.work_dir());
         if let Some(p) = env.browser.driver_pid().await
-            && sessions > 2
+            && !doomed_profiles.is_empty()
         {
             pid = Some(p);
             break;
@@ -572,16 +605,23 @@ async fn a_killed_chromedriver_errors_the_run_and_the_next_run_recovers() {
         .expect("an errored step");
     let error = broken.error.as_deref().unwrap_or_default();
     assert!(error.contains("chromedriver"), "{error}");
-    // The session's guard kills the orphaned Chromium and removes its profile.
-    let mut left = processes_naming(env.browser.work_dir());
+    // The session's guard kills the orphaned Chromium and removes its profile (a spare session
+    // for the next run may be starting meanwhile, under a profile of its own).
+    assert_eq!(doomed_profiles.len(), 1, "{doomed_profiles:?}");
+    let mut left = BTreeSet::new();
     for _ in 0..100 {
-        if left.is_empty() {
+        left = profiles_in_use(env.browser.work_dir());
+        left.retain(|p| doomed_profiles.contains(p));
+        if left.is_empty() && doomed_profiles.iter().all(|p| !Path::new(p).exists()) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
-        left = processes_naming(env.browser.work_dir());
     }
     assert!(left.is_empty(), "orphaned Chromium left running: {left:#?}");
+    assert!(
+        doomed_profiles.iter().all(|p| !Path::new(p).exists()),
+        "profile left behind"
+    );
     let recovered = run_probe(
         &probe(
             "recovered",
@@ -601,6 +641,80 @@ async fn a_killed_chromedriver_errors_the_run_and_the_next_run_recovers() {
         .await
         .expect("chromedriver restarted");
     assert_ne!(new_pid, pid);
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn a_hung_page_times_out_instead_of_hanging_the_run() {
+    if !chromium_installed() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let env = env(Masker::default()).await;
+    let mut wait = step("wait", BrowserAction::WaitFor(t("#never")));
+    wait.timeout = Some(Duration::from_secs(1));
+    let spec = probe(
+        "hung",
+        vec![
+            // The page's main thread spins forever 300 ms after it loaded.
+            step(
+                "busy_page",
+                BrowserAction::Goto(t(
+                    "data:text/html,<p>busy</p><script>setTimeout(function(){for(;;){}},300)</script>",
+                )),
+            ),
+            wait,
+        ],
+        None,
+    );
+    let started = std::time::Instant::now();
+    let result = run_probe(&spec, &env.runtime).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(result.result, Outcome::Timeout, "{}", describe(&result));
+    let error = result.steps[1].error.as_deref().unwrap_or_default();
+    assert!(error.contains("did not answer"), "{error}");
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn runs_wait_for_a_free_session_slot() {
+    if !chromium_installed() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    // One slot: two runs at once take turns instead of failing.
+    let env = env(Masker::default()).await;
+    let spec = probe(
+        "turns",
+        vec![
+            step("home", BrowserAction::Goto(t("{{ shop }}/"))),
+            step(
+                "linger",
+                BrowserAction::Eval(t("return new Promise(r => setTimeout(() => r(true), 300))")),
+            ),
+        ],
+        None,
+    );
+    let runs: Vec<_> = (0..2)
+        .map(|_| {
+            let (spec, runtime) = (spec.clone(), env.runtime.clone());
+            tokio::spawn(async move { run_probe(&spec, &runtime).await })
+        })
+        .collect();
+    let mut most = 0;
+    while !runs.iter().all(|r| r.is_finished()) {
+        most = most.max(profiles_in_use(env.browser.work_dir()).len());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for run in runs {
+        let result = run.await.expect("run task");
+        assert_eq!(result.result, Outcome::Pass, "{}", describe(&result));
+    }
+    assert_eq!(most, 1, "max_sessions = 1 bounds live browsers");
     env.finish().await;
 }
 
@@ -717,15 +831,25 @@ async fn bench_six_step_probe_with_warm_chromedriver() {
         .unwrap_or(20);
     let mut walls = Vec::with_capacity(runs);
     let mut steps_only = Vec::with_capacity(runs);
+    let mut per_step: Vec<Vec<Duration>> = Vec::with_capacity(runs);
     for _ in 0..runs {
-        // Let the previous session finish closing, as between scheduled runs.
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Scheduled runs are seconds apart: the previous session closes and a spare starts.
+        tokio::time::sleep(Duration::from_secs(2)).await;
         let started = std::time::Instant::now();
         let result = run_probe(&spec, &env.runtime).await;
         walls.push(started.elapsed());
         assert_eq!(result.result, Outcome::Pass, "{}", describe(&result));
         steps_only.push(result.steps.iter().map(|s| s.duration).sum::<Duration>());
+        per_step.push(result.steps.iter().map(|s| s.duration).collect::<Vec<_>>());
     }
+    let step_medians: Vec<String> = (0..spec.step_names().len())
+        .map(|i| {
+            let mut d: Vec<Duration> = per_step.iter().map(|r| r[i]).collect();
+            d.sort();
+            format!("{} {:?}", spec.step_names()[i], d[d.len() / 2])
+        })
+        .collect();
+    println!("step medians: {}", step_medians.join(", "));
     walls.sort();
     steps_only.sort();
     let median = |v: &[Duration]| v[v.len() / 2];

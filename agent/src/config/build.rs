@@ -11,7 +11,7 @@ use patrol_probes::assert::Assertion;
 use patrol_probes::capture::Capture;
 use patrol_probes::spec::{
     BodySpec, BrowserProbe, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_REDIRECTS, HttpProbe, HttpStep,
-    JsonTemplate, ProbeKind, ProbeSpec, RequestSpec,
+    InfraProbe, JsonTemplate, ProbeKind, ProbeSpec, Protocol, RequestSpec,
 };
 use patrol_probes::template::{Placeholder, Template};
 use saphyr::{Scalar, YamlData};
@@ -69,6 +69,10 @@ const VERIFY_KEYS: [&str; 7] = [
     "runs",
     "canary",
 ];
+/// Every `type:` a probe can have.
+const PROBE_TYPES: [&str; 7] = ["http", "browser", "tcp", "dns", "tls", "redis", "postgres"];
+/// Probe settings that only HTTP probes read.
+const HTTP_ONLY_SETTINGS: [&str; 3] = ["follow_redirects", "max_redirects", "max_body"];
 const METHODS: [&str; 7] = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
 
 /// Probe-wide settings that `defaults:` can set.
@@ -545,6 +549,8 @@ fn probe(
     let mut steps_node = None;
     let mut viewport_node = None;
     let mut browser_type = false;
+    let mut infra_type = None;
+    let mut http_only: Vec<(&str, &Node<'_>)> = Vec::new();
     let mut ok = true;
     for (key, _, v) in &entries {
         match key.as_str() {
@@ -581,14 +587,17 @@ fn probe(
                     match t.as_str() {
                         "http" => {}
                         "browser" => browser_type = true,
-                        other => {
-                            let help = did_you_mean(other, ["http", "browser"]).map_or_else(
-                                || "use `type: http`".to_string(),
-                                |s| format!("did you mean `{s}`?"),
-                            );
-                            w.error(v, format!("unknown probe type `{other}`"), help);
-                            ok = false;
-                        }
+                        other => match Protocol::from_name(other) {
+                            Some(p) => infra_type = Some(p),
+                            None => {
+                                let help = did_you_mean(other, PROBE_TYPES).map_or_else(
+                                    || format!("probe types are: {}", PROBE_TYPES.join(", ")),
+                                    |s| format!("did you mean `{s}`?"),
+                                );
+                                w.error(v, format!("unknown probe type `{other}`"), help);
+                                ok = false;
+                            }
+                        },
                     }
                 }
             }
@@ -601,11 +610,36 @@ fn probe(
                 w.string(v, "description");
             }
             other => {
+                if HTTP_ONLY_SETTINGS.contains(&other) {
+                    http_only.push((other, *v));
+                }
                 apply_setting(w, other, v, &mut settings);
             }
         }
     }
-    let kind = if browser_type {
+    if let Some(protocol) = infra_type {
+        for (key, node) in &http_only {
+            w.error(
+                node,
+                format!("`{key}` applies to http probes only"),
+                format!("remove it from this {} probe", protocol.name()),
+            );
+        }
+        if let Some(v) = viewport_node {
+            w.error(
+                v,
+                "`viewport` applies to browser probes only",
+                "add `type: browser`, or remove `viewport`",
+            );
+        }
+    }
+    let kind = if let Some(protocol) = infra_type {
+        ProbeKind::Infra(InfraProbe {
+            protocol,
+            steps: super::infra::steps(w, steps_node?, protocol, vars),
+            insecure: settings.insecure,
+        })
+    } else if browser_type {
         let viewport = viewport_node.and_then(|v| super::browser::viewport(w, v));
         let steps = super::browser::steps(w, steps_node?, vars);
         ProbeKind::Browser(BrowserProbe {
@@ -712,20 +746,10 @@ fn parse_schedule(
     (schedule, tz)
 }
 
-/// Names captured by each step, by step index.
-fn steps(w: &mut Walker<'_>, node: &Node<'_>, vars: &[String]) -> Vec<HttpStep> {
-    let Some(items) = w.list(node, "steps") else {
-        return Vec::new();
-    };
-    if items.is_empty() {
-        w.error(
-            node,
-            "a probe needs at least one step",
-            "add a step with a `request:`",
-        );
-    }
-    // Capture names per step, gathered first so a use before the capturing step can be named.
-    let captured: Vec<Vec<(String, String)>> = items
+/// Capture names per step (with the capturing step's name), gathered before the steps are
+/// built so a use before the capturing step can be named.
+pub(super) fn captured_names(w: &Walker<'_>, items: &[Node<'_>]) -> Vec<Vec<(String, String)>> {
+    items
         .iter()
         .enumerate()
         .map(|(i, item)| {
@@ -744,7 +768,22 @@ fn steps(w: &mut Walker<'_>, node: &Node<'_>, vars: &[String]) -> Vec<HttpStep> 
                 })
                 .unwrap_or_default()
         })
-        .collect();
+        .collect()
+}
+
+/// The steps of an HTTP probe.
+fn steps(w: &mut Walker<'_>, node: &Node<'_>, vars: &[String]) -> Vec<HttpStep> {
+    let Some(items) = w.list(node, "steps") else {
+        return Vec::new();
+    };
+    if items.is_empty() {
+        w.error(
+            node,
+            "a probe needs at least one step",
+            "add a step with a `request:`",
+        );
+    }
+    let captured = captured_names(w, items);
     let mut out = Vec::new();
     let mut names: HashMap<String, usize> = HashMap::new();
     for (i, item) in items.iter().enumerate() {
@@ -805,44 +844,11 @@ fn step(
                 request_node = Some(*v);
                 request = parse_request(w, v);
             }
-            "capture" => {
-                let Some(pairs) = w.map(v, "capture", &[], &[]) else {
-                    continue;
-                };
-                for (cname, knode, qnode) in pairs {
-                    if !name_safe(&cname) {
-                        w.error(
-                            knode,
-                            format!("capture name `{cname}` must be letters, digits, `_` and `-`"),
-                            "rename it, e.g. `token`",
-                        );
-                        continue;
-                    }
-                    let Some(src) = w.string(qnode, "capture query") else {
-                        continue;
-                    };
-                    match Capture::parse(&cname, &src) {
-                        Ok(c) => captures.push(c),
-                        Err(e) => w.error_in(qnode, e.offset, 1, e.message, e.help),
-                    }
-                }
-            }
+            "capture" => captures = parse_captures(w, v, "http", &HTTP_QUERIES),
             "assert" => {
-                let items: Vec<&Node<'_>> = match &v.data {
-                    YamlData::Sequence(items) => items.iter().collect(),
-                    _ => vec![*v],
-                };
-                for item in items {
-                    let Some(src) = w.string(item, "an assertion") else {
-                        continue;
-                    };
-                    match Assertion::parse(&src) {
-                        Ok(a) => {
-                            assert_nodes.push((item, a.clone()));
-                            asserts.push(a);
-                        }
-                        Err(e) => w.error_in(item, e.offset, 1, e.message, e.help),
-                    }
+                for (item, a) in parse_asserts(w, v, "http", &HTTP_QUERIES) {
+                    assert_nodes.push((item, a.clone()));
+                    asserts.push(a);
                 }
             }
             _ => timeout = w.duration(v, "step timeout"),
@@ -866,6 +872,107 @@ fn step(
         asserts,
         timeout,
     })
+}
+
+/// Queries an HTTP step's assertions and captures can use.
+const HTTP_QUERIES: [&str; 8] = [
+    "status",
+    "header",
+    "jsonpath",
+    "body",
+    "duration",
+    "cert_expiry",
+    "regex",
+    "cookie",
+];
+
+/// Parses `capture: { name: query }`, checking names and that `kind` steps offer each query.
+pub(super) fn parse_captures(
+    w: &mut Walker<'_>,
+    v: &Node<'_>,
+    kind: &str,
+    queries: &[&str],
+) -> Vec<Capture> {
+    let Some(pairs) = w.map(v, "capture", &[], &[]) else {
+        return Vec::new();
+    };
+    let mut captures = Vec::new();
+    for (cname, knode, qnode) in pairs {
+        if !name_safe(&cname) {
+            w.error(
+                knode,
+                format!("capture name `{cname}` must be letters, digits, `_` and `-`"),
+                "rename it, e.g. `token`",
+            );
+            continue;
+        }
+        let Some(src) = w.string(qnode, "capture query") else {
+            continue;
+        };
+        match Capture::parse(&cname, &src) {
+            Ok(c) => {
+                if offers_query(w, qnode, c.query.keyword(), kind, queries) {
+                    captures.push(c);
+                }
+            }
+            Err(e) => w.error_in(qnode, e.offset, 1, e.message, e.help),
+        }
+    }
+    captures
+}
+
+/// Parses `assert:` (one assertion or a list), each with its node, checking that `kind` steps
+/// offer each assertion's query.
+pub(super) fn parse_asserts<'n, 's>(
+    w: &mut Walker<'_>,
+    v: &'n Node<'s>,
+    kind: &str,
+    queries: &[&str],
+) -> Vec<(&'n Node<'s>, Assertion)> {
+    let items: Vec<&Node<'_>> = match &v.data {
+        YamlData::Sequence(items) => items.iter().collect(),
+        _ => vec![v],
+    };
+    let mut out = Vec::new();
+    for item in items {
+        let Some(src) = w.string(item, "an assertion") else {
+            continue;
+        };
+        match Assertion::parse(&src) {
+            Ok(a) => {
+                if offers_query(w, item, a.query().keyword(), kind, queries) {
+                    out.push((item, a));
+                }
+            }
+            Err(e) => w.error_in(item, e.offset, 1, e.message, e.help),
+        }
+    }
+    out
+}
+
+/// Records an error when `kind` steps have nothing for `query` to read.
+fn offers_query(
+    w: &mut Walker<'_>,
+    node: &Node<'_>,
+    query: &str,
+    kind: &str,
+    queries: &[&str],
+) -> bool {
+    if queries.contains(&query) {
+        return true;
+    }
+    let help = match did_you_mean(query, queries.iter().copied()) {
+        Some(s) => format!("did you mean `{s}`? {kind} steps can use: {}", queries.join(", ")),
+        None => format!("{kind} steps can use: {}", queries.join(", ")),
+    };
+    w.error_in(
+        node,
+        0,
+        query.len(),
+        format!("`{query}` does not apply to {kind} steps"),
+        Some(help),
+    );
+    false
 }
 
 fn derive_step_name(request: &RequestSpec, index: usize) -> String {
@@ -1157,6 +1264,19 @@ pub fn probe_templates(spec: &ProbeSpec) -> Vec<&Template> {
             })
             .collect(),
         ProbeKind::Browser(b) => b.steps.iter().flat_map(|s| s.action.templates()).collect(),
+        ProbeKind::Infra(i) => i
+            .steps
+            .iter()
+            .flat_map(|s| {
+                let mut ts = s.check.templates();
+                ts.extend(
+                    s.asserts
+                        .iter()
+                        .flat_map(|a| a.templates().into_iter().map(|(t, _)| t)),
+                );
+                ts
+            })
+            .collect(),
     }
 }
 

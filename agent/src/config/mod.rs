@@ -3,12 +3,15 @@
 //!
 //! - [`yaml`]: the span-keeping YAML walker
 //! - [`build`]: turns the YAML tree into [`Config`], checking everything on the way
+//! - [`browser`]: browser probe steps
+//! - [`infra`]: tcp, dns, tls, redis and postgres probe steps
 //! - [`schedule`]: cron and interval schedules
 //! - [`diagnostic`]: error reports with line, column and help
 
 pub mod browser;
 pub mod build;
 pub mod diagnostic;
+pub mod infra;
 pub mod schedule;
 pub mod yaml;
 

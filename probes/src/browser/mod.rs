@@ -3,15 +3,16 @@
 //!
 //! A [`Browser`] is shared by every browser run: it starts chromedriver on a free loopback port
 //! when the first run needs it, checks it before each run and restarts it when it died. Each run
-//! waits for one of `max_sessions` slots, gets a fresh session with its own profile directory,
-//! runs its steps, and hands the session to a guard that closes it, kills whatever Chromium left
-//! behind and removes the profile. Everything lives under one work directory per `Browser`, so
-//! [`Browser::shutdown`] (and, as a last resort, `Drop`) can find and kill every process it ever
-//! started by that path.
+//! gets a fresh session with its own profile directory — waiting for one of `max_sessions` slots,
+//! or taking the spare session started ahead of it — runs its steps, and hands the session to a
+//! guard that closes it, kills whatever Chromium left behind and removes the profile. Everything
+//! lives under one work directory per `Browser`, so [`Browser::shutdown`] (and, as a last
+//! resort, `Drop`) can find and kill every process it ever started by that path.
 //!
 //! Layout:
-//! - [`driver`]: the chromedriver process: start, health check, stop
-//! - [`session`]: one run's session, its launch options and the guard that releases it
+//! - [`supervisor`]: chromedriver, the `max_sessions` slots and a spare session started ahead
+//! - [`driver`]: the chromedriver process: start, health check, stop; a dead agent's leftovers
+//! - [`session`]: one session, its launch options and the guard that releases it
 //! - [`steps`]: runs the steps and builds their results, failure artifacts included
 //! - [`console`]: the browser console log, read through chromedriver
 //! - [`vitals`]: web vitals of a navigation
@@ -24,19 +25,15 @@ mod emulation;
 mod procs;
 mod session;
 mod steps;
+mod supervisor;
 mod vitals;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
-use tokio::time::Instant;
-
-use self::driver::Driver;
-use self::session::{LaunchOptions, Session};
-use self::steps::Broke;
+use self::session::Shape;
+use self::supervisor::Supervisor;
 use crate::artifacts::RunArtifacts;
 use crate::result::StepResult;
 use crate::spec::BrowserProbe;
@@ -47,8 +44,6 @@ const INSTALL_HINT: &str = "install it with `apt-get install chromium chromium-d
 /// Debian's `/usr/bin/chromium` is a shell wrapper around this binary.
 const DEBIAN_WRAPPER: &str = "/usr/bin/chromium";
 const DEBIAN_BINARY: &str = "/usr/lib/chromium/chromium";
-/// How long shutdown waits for sessions that are still closing.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Where chromedriver and Chromium are and how many sessions may run at once.
 #[derive(Debug, Clone)]
@@ -64,32 +59,14 @@ pub struct BrowserSettings {
 /// A supervised chromedriver shared by every browser run.
 #[derive(Debug)]
 pub struct Browser {
-    settings: BrowserSettings,
-    /// Profiles and chromedriver's config home; every process started names it.
-    work_dir: PathBuf,
-    driver: tokio::sync::Mutex<Option<Driver>>,
-    /// One permit per live session; a permit frees once its Chromium is gone.
-    slots: Arc<Semaphore>,
-    /// Whether anything was ever started (so `Drop` has something to clean).
-    started: AtomicBool,
+    supervisor: Arc<Supervisor>,
 }
 
 impl Browser {
     /// A browser that starts chromedriver when first needed.
     pub fn new(settings: BrowserSettings) -> Browser {
-        let work_dir = std::env::temp_dir().join(format!(
-            "{}{}-{}",
-            driver::WORK_DIR_PREFIX,
-            std::process::id(),
-            &uuid::Uuid::new_v4().simple().to_string()[..8]
-        ));
-        let slots = Arc::new(Semaphore::new(settings.max_sessions.max(1)));
         Browser {
-            settings,
-            work_dir,
-            driver: tokio::sync::Mutex::new(None),
-            slots,
-            started: AtomicBool::new(false),
+            supervisor: Arc::new(Supervisor::new(settings)),
         }
     }
 
@@ -121,101 +98,20 @@ impl Browser {
         }
     }
 
-    /// Stops chromedriver and every Chromium it started.
+    /// Stops chromedriver and every Chromium it started; later runs are errors.
     pub async fn shutdown(&self) {
-        // Sessions closing in the background hold their slots until Chromium is gone.
-        let all = u32::try_from(self.settings.max_sessions.max(1)).unwrap_or(u32::MAX);
-        let drained = tokio::time::timeout(SHUTDOWN_GRACE, self.slots.acquire_many(all)).await;
-        if drained.is_err() {
-            tracing::warn!("Browser sessions still open at shutdown; killing them.");
-        }
-        if let Some(driver) = self.driver.lock().await.take() {
-            driver.stop().await;
-            tracing::info!("Chromedriver stopped.");
-        }
-        if self.started.load(Ordering::SeqCst) {
-            let killed = procs::kill_matching(&self.work_dir, Duration::from_secs(2)).await;
-            if killed > 0 {
-                tracing::warn!(killed, "Stray Chromium processes killed at shutdown.");
-            }
-            procs::remove_dir(&self.work_dir).await;
-        }
+        self.supervisor.shutdown().await;
     }
 
     /// The directory holding every session's profile (removed by [`Browser::shutdown`]).
     pub fn work_dir(&self) -> &Path {
-        &self.work_dir
+        self.supervisor.work_dir()
     }
 
     /// The running chromedriver's process id (for tests that kill it).
     #[doc(hidden)]
     pub async fn driver_pid(&self) -> Option<u32> {
-        self.driver.lock().await.as_ref().and_then(Driver::pid)
-    }
-
-    /// The Chromium binary to launch: Debian's wrapper script is skipped for the real binary.
-    fn chromium_binary(&self) -> PathBuf {
-        let configured = &self.settings.chromium;
-        if configured == Path::new(DEBIAN_WRAPPER) && Path::new(DEBIAN_BINARY).exists() {
-            return PathBuf::from(DEBIAN_BINARY);
-        }
-        driver::locate_binary(configured).unwrap_or_else(|| configured.clone())
-    }
-
-    /// A healthy chromedriver's URL, (re)starting it if needed.
-    async fn driver_url(&self, until: Instant) -> Result<String, Broke> {
-        let mut driver = tokio::time::timeout_at(until, self.driver.lock())
-            .await
-            .map_err(|_| {
-                Broke::timeout("chromedriver was still starting at the probe's deadline".into())
-            })?;
-        if let Some(running) = driver.as_mut() {
-            if running.is_healthy(until).await {
-                return Ok(running.url());
-            }
-            tracing::warn!("Chromedriver is not answering; restarting it.");
-            if let Some(dead) = driver.take() {
-                dead.stop().await;
-            }
-        }
-        if !self.started.swap(true, Ordering::SeqCst) {
-            // Leftovers of an agent that was killed before it could shut its browser down.
-            tokio::spawn(async { driver::sweep_abandoned(&std::env::temp_dir()).await });
-        }
-        let binary = driver::locate_binary(&self.settings.chromedriver)
-            .unwrap_or_else(|| self.settings.chromedriver.clone());
-        let started = Driver::start(&binary, &self.work_dir, until)
-            .await
-            .map_err(|e| {
-                if Instant::now() >= until {
-                    Broke::timeout(e)
-                } else {
-                    Broke::error(e)
-                }
-            })?;
-        let url = started.url();
-        *driver = Some(started);
-        Ok(url)
-    }
-
-    /// A fresh session for `probe`, once a slot is free, within `until`.
-    async fn open_session(&self, probe: &BrowserProbe, until: Instant) -> Result<Session, Broke> {
-        Browser::check_installed(&self.settings).map_err(Broke::error)?;
-        let permit = tokio::time::timeout_at(until, self.slots.clone().acquire_owned())
-            .await
-            .map_err(|_| {
-                Broke::timeout(format!(
-                    "no browser session became free before the probe's deadline (max_sessions = {})",
-                    self.settings.max_sessions
-                ))
-            })?
-            .map_err(|_| Broke::error("the browser is shutting down".into()))?;
-        let url = self.driver_url(until).await?;
-        let launch = LaunchOptions {
-            chromium: self.chromium_binary(),
-            profile: session::new_profile_dir(&self.work_dir),
-        };
-        Session::open(&url, launch, probe, permit, until).await
+        self.supervisor.driver_pid().await
     }
 }
 
@@ -223,15 +119,7 @@ impl Drop for Browser {
     /// Last resort when [`Browser::shutdown`] was not awaited: kill chromedriver and anything
     /// started under the work directory, synchronously.
     fn drop(&mut self) {
-        if let Ok(mut driver) = self.driver.try_lock()
-            && let Some(driver) = driver.take()
-        {
-            driver.stop_blocking();
-        }
-        if self.started.load(Ordering::SeqCst) {
-            procs::kill_matching_blocking(&self.work_dir, Duration::from_secs(1));
-            procs::remove_dir_blocking(&self.work_dir);
-        }
+        self.supervisor.kill_blocking();
     }
 }
 
@@ -245,12 +133,20 @@ pub async fn run_steps(
     artifacts: Option<&RunArtifacts>,
 ) -> Vec<StepResult> {
     let started = std::time::Instant::now();
-    match browser.open_session(probe, deadline).await {
+    let shape = Shape::of(probe);
+    let supervisor = &browser.supervisor;
+    let session = match Browser::check_installed(supervisor.settings()) {
+        Ok(()) => supervisor.checkout(shape, deadline).await,
+        Err(missing) => Err(steps::Broke::error(missing)),
+    };
+    match session {
         Ok(session) => {
             let results = steps::run(probe, &session, scope, masker, deadline, artifacts).await;
             // Closing takes a few hundred milliseconds that are not the site's: it finishes in
-            // the background, holding the slot until Chromium is gone.
+            // the background, holding the slot until Chromium is gone. The next run's session
+            // starts meanwhile.
             session.close_in_background();
+            supervisor.refill(shape);
             results
         }
         Err(broke) => {
@@ -274,7 +170,7 @@ fn fmt_duration(d: Duration) -> String {
     let ms = d.as_millis();
     if ms < 1000 {
         format!("{ms}ms")
-    } else if ms % 1000 == 0 {
+    } else if ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else {
         let s = format!("{:.1}", d.as_secs_f64());

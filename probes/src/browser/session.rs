@@ -1,11 +1,12 @@
-//! One run's WebDriver session: a fresh Chromium with its own `--user-data-dir`, owned by a
-//! guard that closes the session, kills whatever Chromium left running and removes the profile
-//! directory — explicitly ([`Session::close`]) or, when a run is dropped half-way, from `Drop`.
+//! One WebDriver session: a fresh Chromium with its own `--user-data-dir`, owned by a guard that
+//! closes the session, kills whatever Chromium left running and removes the profile directory —
+//! explicitly ([`Session::close_in_background`]) or, when a run is dropped half-way, from `Drop`.
 //!
-//! The guard also holds the run's `max_sessions` slot, so a slot frees only once its Chromium
-//! is gone and the concurrency bound is a bound on live browsers.
+//! The guard also holds a `max_sessions` slot, so a slot frees only once its Chromium is gone and
+//! the concurrency bound is a bound on live browsers.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use fantoccini::{Client, ClientBuilder};
@@ -17,10 +18,10 @@ use tokio::time::Instant;
 use super::emulation::{self, DEFAULT_VIEWPORT};
 use super::procs;
 use super::steps::Broke;
-use crate::spec::BrowserProbe;
+use crate::spec::{BrowserProbe, Viewport};
 
 /// How long `DELETE /session` may take before Chromium is killed instead.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a session creation abandoned at the deadline may still finish, to be closed.
 const ABANDONED_CREATE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long killed processes get to disappear.
@@ -35,12 +36,31 @@ pub(crate) struct LaunchOptions {
     pub profile: PathBuf,
 }
 
+/// What a probe needs of a session: its window (or phone) and whether bad certificates pass.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Shape {
+    pub viewport: Viewport,
+    pub insecure: bool,
+}
+
+impl Shape {
+    pub(crate) fn of(probe: &BrowserProbe) -> Shape {
+        Shape {
+            viewport: probe.viewport.unwrap_or(DEFAULT_VIEWPORT),
+            insecure: probe.insecure,
+        }
+    }
+}
+
 /// A live session; closing or dropping it releases Chromium, the profile and the slot.
 #[derive(Debug)]
 pub(crate) struct Session {
     client: Option<Client>,
     profile: PathBuf,
     permit: Option<OwnedSemaphorePermit>,
+    shape: Shape,
+    /// A command is stuck in the session (a hung page): closing would queue behind it.
+    stuck: AtomicBool,
 }
 
 impl Session {
@@ -48,45 +68,34 @@ impl Session {
     pub(crate) async fn open(
         driver_url: &str,
         launch: LaunchOptions,
-        probe: &BrowserProbe,
+        shape: Shape,
         permit: OwnedSemaphorePermit,
         until: Instant,
     ) -> Result<Session, Broke> {
-        let caps = capabilities(&launch, probe);
         let mut builder = ClientBuilder::new(HttpConnector::new());
-        builder.capabilities(caps);
+        builder.capabilities(capabilities(&launch, shape));
         let url = driver_url.to_string();
         // On its own task, so a creation abandoned at the deadline still completes and its
         // browser can be closed rather than leaked.
         let mut creating = tokio::spawn(async move { builder.connect(&url).await });
-        let profile = launch.profile.clone();
+        let profile = launch.profile;
         match tokio::time::timeout_at(until, &mut creating).await {
             Ok(Ok(Ok(client))) => {
-                let session = Session {
+                let mut session = Session {
                     client: Some(client),
                     profile,
                     permit: Some(permit),
+                    shape: Shape {
+                        viewport: Viewport {
+                            mobile: false,
+                            ..shape.viewport
+                        },
+                        ..shape
+                    },
+                    stuck: AtomicBool::new(false),
                 };
-                if let Some(viewport) = probe.viewport.filter(|v| v.mobile) {
-                    let emulated = emulation::apply(session.client(), viewport);
-                    match tokio::time::timeout_at(until, emulated).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => {
-                            return Err(Broke::error(format!(
-                                "could not emulate a {}x{} phone: {}",
-                                viewport.width,
-                                viewport.height,
-                                first_line(&e.to_string())
-                            )));
-                        }
-                        Err(_) => {
-                            return Err(Broke::timeout(
-                                "Chromium did not set up phone emulation before the probe's deadline"
-                                    .to_string(),
-                            ));
-                        }
-                    }
-                }
+                // The window has its size from the command line; a phone needs emulation too.
+                session.reshape(shape.viewport, until).await?;
                 Ok(session)
             }
             Ok(Ok(Err(e))) => {
@@ -125,18 +134,53 @@ impl Session {
             .expect("the client is only taken by close or drop")
     }
 
-    /// Closes the session and waits until Chromium and its profile are gone.
-    #[allow(dead_code)]
-    pub(crate) async fn close(mut self) {
-        release(
-            self.client.take(),
-            std::mem::take(&mut self.profile),
-            self.permit.take(),
-        )
-        .await;
+    /// The window and certificate policy the session has now.
+    pub(crate) fn shape(&self) -> Shape {
+        self.shape
     }
 
-    /// Closes the session on a background task; the slot frees when it is done.
+    /// Switches the session to `viewport` (window size, phone emulation on or off), unless it
+    /// has it already.
+    pub(crate) async fn reshape(
+        &mut self,
+        viewport: Viewport,
+        until: Instant,
+    ) -> Result<(), Broke> {
+        if self.shape.viewport == viewport {
+            return Ok(());
+        }
+        let kind = if viewport.mobile { "phone" } else { "window" };
+        let applied = emulation::apply(self.client(), viewport);
+        match tokio::time::timeout_at(until, applied).await {
+            Ok(Ok(())) => {
+                self.shape.viewport = viewport;
+                Ok(())
+            }
+            Ok(Err(e)) => Err(Broke::error(format!(
+                "could not set up a {}x{} {kind}: {}",
+                viewport.width,
+                viewport.height,
+                first_line(&e.to_string())
+            ))),
+            Err(_) => Err(Broke::timeout(format!(
+                "Chromium did not set up a {}x{} {kind} before the probe's deadline",
+                viewport.width, viewport.height
+            ))),
+        }
+    }
+
+    /// True when Chromium and chromedriver still answer for this session.
+    pub(crate) async fn is_alive(&self, within: Duration) -> bool {
+        let check = self.client().window();
+        matches!(tokio::time::timeout(within, check).await, Ok(Ok(_)))
+    }
+
+    /// Marks the session as having a command stuck in it: it is killed rather than closed.
+    pub(crate) fn mark_stuck(&self) {
+        self.stuck.store(true, Ordering::SeqCst);
+    }
+
+    /// Closes the session on a background task; the slot frees when Chromium is gone.
     pub(crate) fn close_in_background(self) {
         drop(self);
     }
@@ -147,11 +191,15 @@ impl Drop for Session {
         if self.profile.as_os_str().is_empty() {
             return;
         }
-        let (client, profile, permit) = (
+        let (mut client, profile, permit) = (
             self.client.take(),
             std::mem::take(&mut self.profile),
             self.permit.take(),
         );
+        if self.stuck.load(Ordering::SeqCst) {
+            // Dropping the client lets fantoccini end the session once chromedriver answers.
+            client = None;
+        }
         match tokio::runtime::Handle::try_current() {
             Ok(handle) => {
                 handle.spawn(release(client, profile, permit));
@@ -171,7 +219,8 @@ impl Drop for Session {
 }
 
 /// Ends a session: `DELETE /session` (chromedriver quits Chromium), then SIGKILL for anything
-/// still naming the profile (chromedriver dead or Chromium hung), then the profile directory.
+/// still naming the profile (chromedriver dead or Chromium hung), then the profile directory and
+/// the temp directory of Chromium's singleton socket.
 async fn release(client: Option<Client>, profile: PathBuf, permit: Option<OwnedSemaphorePermit>) {
     if let Some(client) = client {
         match tokio::time::timeout(CLOSE_TIMEOUT, client.close()).await {
@@ -193,9 +242,8 @@ async fn release(client: Option<Client>, profile: PathBuf, permit: Option<OwnedS
     drop(permit);
 }
 
-/// The session's capabilities: Chromium binary and flags, window or phone, logging.
-fn capabilities(launch: &LaunchOptions, probe: &BrowserProbe) -> fantoccini::wd::Capabilities {
-    let viewport = probe.viewport.unwrap_or(DEFAULT_VIEWPORT);
+/// The session's capabilities: Chromium binary and flags, window size, logging.
+fn capabilities(launch: &LaunchOptions, shape: Shape) -> fantoccini::wd::Capabilities {
     let mut args: Vec<String> = [
         "--headless=new",
         "--no-sandbox",
@@ -215,19 +263,18 @@ fn capabilities(launch: &LaunchOptions, probe: &BrowserProbe) -> fantoccini::wd:
     args.push(format!("--user-data-dir={}", launch.profile.display()));
     args.push(format!(
         "--window-size={},{}",
-        viewport.width, viewport.height
+        shape.viewport.width, shape.viewport.height
     ));
-    let chrome = json!({
-        "binary": launch.chromium.display().to_string(),
-        "args": args,
-    });
     let caps = json!({
         "browserName": "chrome",
-        "acceptInsecureCerts": probe.insecure,
+        "acceptInsecureCerts": shape.insecure,
         "pageLoadStrategy": "normal",
         "timeouts": { "implicit": 0, "pageLoad": 30_000, "script": 30_000 },
         "goog:loggingPrefs": { "browser": "ALL" },
-        "goog:chromeOptions": chrome,
+        "goog:chromeOptions": {
+            "binary": launch.chromium.display().to_string(),
+            "args": args,
+        },
     });
     caps.as_object().cloned().unwrap_or_default()
 }

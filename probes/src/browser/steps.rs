@@ -38,7 +38,7 @@ const DEFAULT_ASSERT_WAIT: Duration = Duration::from_secs(5);
 /// A single WebDriver call may outlive its wait by this much before it counts as hung.
 const CALL_GRACE: Duration = Duration::from_secs(2);
 /// Time allowed for the failure screenshot and page HTML.
-const ARTIFACT_TIME: Duration = Duration::from_secs(5);
+const ARTIFACT_TIME: Duration = Duration::from_secs(3);
 /// Element texts, URLs and script values are cut to this many characters in results.
 const SHOWN_CHARS: usize = 200;
 
@@ -49,8 +49,9 @@ pub(crate) struct Broke {
     pub outcome: Outcome,
     /// What broke, for the step's `error`.
     pub message: String,
-    /// chromedriver or the session is gone: no artifacts can be taken.
-    pub session_lost: bool,
+    /// The session cannot serve artifacts: chromedriver or Chromium is gone, or a call is still
+    /// stuck in it (commands of a session run one at a time).
+    pub unusable: bool,
 }
 
 impl Broke {
@@ -58,7 +59,7 @@ impl Broke {
         Broke {
             outcome: Outcome::Fail,
             message,
-            session_lost: false,
+            unusable: false,
         }
     }
 
@@ -66,7 +67,7 @@ impl Broke {
         Broke {
             outcome: Outcome::Error,
             message,
-            session_lost: false,
+            unusable: false,
         }
     }
 
@@ -74,7 +75,7 @@ impl Broke {
         Broke {
             outcome: Outcome::Timeout,
             message,
-            session_lost: false,
+            unusable: false,
         }
     }
 
@@ -82,7 +83,7 @@ impl Broke {
         Broke {
             outcome: Outcome::Error,
             message,
-            session_lost: true,
+            unusable: true,
         }
     }
 
@@ -258,7 +259,7 @@ pub(crate) async fn run(
         )
         .await;
         let masker = masker.with(scope.secret_values());
-        let mut session_lost = false;
+        let mut unusable = false;
         match outcome {
             Ok(()) => {
                 result.result = if result.asserts.iter().all(|a| a.result.is_pass()) {
@@ -270,11 +271,14 @@ pub(crate) async fn run(
             Err(broke) => {
                 result.result = broke.outcome;
                 result.error = Some(masker.mask(&broke.message));
-                session_lost = broke.session_lost;
+                unusable = broke.unusable;
+                if broke.outcome == Outcome::Timeout && unusable {
+                    session.mark_stuck();
+                }
             }
         }
         result.duration = started.elapsed();
-        if reads_console && !session_lost {
+        if reads_console && !unusable {
             // Drained after every step so nothing is lost; a failed read surfaces at the
             // console assertion, which reads again.
             let until = Instant::now() + CALL_GRACE;
@@ -286,7 +290,7 @@ pub(crate) async fn run(
         }
         if !result.result.is_pass() {
             blocked = true;
-            if !session_lost && let Some(store) = artifacts {
+            if !unusable && let Some(store) = artifacts {
                 let until =
                     (Instant::now() + ARTIFACT_TIME).min(deadline + Duration::from_millis(200));
                 let saved = failure_artifacts(session.client(), store, &masker, until).await;
@@ -681,12 +685,18 @@ async fn goto(ctx: &mut Ctx<'_>, url: &str, result: &mut StepResult) -> Result<(
         }
         Ok(Err(e)) => {
             let broke = Broke::from_cmd("read the page timings", e);
-            if broke.session_lost {
+            if broke.unusable {
                 return Err(broke);
             }
             tracing::debug!(error = %broke.message, "Web vitals could not be read.");
         }
-        Err(_) => return Err(not_loaded()),
+        Err(_) => {
+            // The page never settled, and the script is still stuck in the session.
+            return Err(Broke {
+                unusable: true,
+                ..not_loaded()
+            });
+        }
     }
     match result.status {
         Some(status) if status >= 400 => {
@@ -777,13 +787,18 @@ impl Ctx<'_> {
         fut: impl Future<Output = Result<T, CmdError>>,
     ) -> Result<Result<T, CmdError>, Broke> {
         let until = self.call_until(budget);
-        tokio::time::timeout_at(until, fut).await.map_err(|_| {
-            Broke::timeout(format!(
-                "the browser did not answer within {} (step `{}`); the page may be hung",
-                fmt_duration(budget.length.max(CALL_GRACE)),
-                self.step.name
-            ))
-        })
+        let asked = Instant::now();
+        tokio::time::timeout_at(until, fut)
+            .await
+            .map_err(|_| Broke {
+                outcome: Outcome::Timeout,
+                message: format!(
+                    "the browser did not answer within {} (step `{}`); the page may be hung",
+                    fmt_duration(until.saturating_duration_since(asked)),
+                    self.step.name
+                ),
+                unusable: true,
+            })
     }
 
     /// Locates `selector` once. Errors of a page that is navigating count as "nothing yet".

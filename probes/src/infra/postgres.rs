@@ -129,64 +129,69 @@ fn take_tls_params(dsn: &str) -> (String, Vec<(String, String)>) {
         };
         return (rest, found);
     }
-    // key=value form: values may be 'single quoted' with \' escapes.
-    let mut kept = String::new();
+    // key=value form: spaces around `=` allowed, values may be 'single quoted' with \' escapes.
+    let mut kept: Vec<String> = Vec::new();
     let mut chars = trimmed.chars().peekable();
-    while chars.peek().is_some() {
+    let skip_spaces = |chars: &mut std::iter::Peekable<std::str::Chars<'_>>| {
         while chars.peek().is_some_and(|c| c.is_whitespace()) {
             chars.next();
         }
-        let mut token = String::new();
-        let mut value = String::new();
-        let mut in_value = false;
+    };
+    loop {
+        skip_spaces(&mut chars);
+        if chars.peek().is_none() {
+            break;
+        }
+        let mut key = String::new();
         while let Some(&c) = chars.peek() {
-            if !in_value && c == '=' {
-                in_value = true;
-                token.push(c);
-                chars.next();
-                while chars.peek().is_some_and(|c| c.is_whitespace()) {
-                    chars.next();
-                }
-                if chars.peek() == Some(&'\'') {
-                    token.push('\'');
-                    chars.next();
-                    while let Some(c) = chars.next() {
-                        token.push(c);
-                        match c {
-                            '\\' => {
-                                if let Some(n) = chars.next() {
-                                    token.push(n);
-                                    value.push(n);
-                                }
-                            }
-                            '\'' => break,
-                            c => value.push(c),
-                        }
-                    }
-                    break;
-                }
-                continue;
-            }
-            if c.is_whitespace() {
+            if c.is_whitespace() || c == '=' {
                 break;
             }
-            if in_value {
-                value.push(c);
-            }
-            token.push(c);
+            key.push(c);
             chars.next();
         }
-        let key = token.split('=').next().unwrap_or("").trim().to_string();
+        skip_spaces(&mut chars);
+        if chars.peek() != Some(&'=') {
+            // Not key=value: left for tokio-postgres to reject.
+            kept.push(key);
+            continue;
+        }
+        chars.next();
+        skip_spaces(&mut chars);
+        let (mut raw, mut value) = (String::new(), String::new());
+        if chars.peek() == Some(&'\'') {
+            raw.push('\'');
+            chars.next();
+            while let Some(c) = chars.next() {
+                raw.push(c);
+                match c {
+                    '\\' => {
+                        if let Some(n) = chars.next() {
+                            raw.push(n);
+                            value.push(n);
+                        }
+                    }
+                    '\'' => break,
+                    c => value.push(c),
+                }
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c.is_whitespace() {
+                    break;
+                }
+                raw.push(c);
+                value.push(c);
+                chars.next();
+            }
+        }
         if is_tls_key(&key) {
             found.push((key, value));
-        } else if !token.is_empty() {
-            if !kept.is_empty() {
-                kept.push(' ');
-            }
-            kept.push_str(&token);
+        } else {
+            kept.push(format!("{key}={raw}"));
         }
     }
-    (kept, found)
+    (kept.join(" "), found)
 }
 
 pub(crate) async fn run(
