@@ -239,6 +239,14 @@ fn validate(path: &Path) -> (Option<i32>, String) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn patrol");
+    // Drained while it runs: a long report must not block on a full pipe.
+    let mut pipe = child.stderr.take().expect("stderr is piped");
+    let reader = std::thread::spawn(move || {
+        use std::io::Read as _;
+        let mut text = String::new();
+        let _ = pipe.read_to_string(&mut text);
+        text
+    });
     let started = Instant::now();
     let status = loop {
         if let Some(status) = child.try_wait().expect("wait for patrol") {
@@ -250,11 +258,7 @@ fn validate(path: &Path) -> (Option<i32>, String) {
         }
         std::thread::sleep(Duration::from_millis(5));
     };
-    let mut stderr = String::new();
-    if let Some(mut pipe) = child.stderr.take() {
-        use std::io::Read as _;
-        let _ = pipe.read_to_string(&mut stderr);
-    }
+    let stderr = reader.join().unwrap_or_default();
     (status.code(), stderr)
 }
 

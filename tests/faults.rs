@@ -622,3 +622,364 @@ async fn the_agent_reports_faults_and_keeps_serving() {
     assert_eq!(common::probe(&again, "refused")["result"], "error");
     assert_eq!(common::probe(&again, "garbage")["result"], "fail");
 }
+
+/// Whether Debian's chromium and chromium-driver are installed (browser faults need them).
+fn browser_installed() -> bool {
+    ["/usr/bin/chromium", "/usr/bin/chromedriver"]
+        .iter()
+        .all(|p| std::path::Path::new(p).exists())
+}
+
+/// PIDs of `pid`'s descendants with their command names.
+fn descendants(pid: u32) -> Vec<(u32, String)> {
+    let mut parents = vec![pid];
+    let mut found: Vec<(u32, String)> = Vec::new();
+    while let Some(parent) = parents.pop() {
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            break;
+        };
+        for entry in entries.filter_map(Result::ok) {
+            let Some(child) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
+            let ppid = stat
+                .rsplit_once(") ")
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            if ppid == Some(parent) && found.iter().all(|(p, _)| *p != child) {
+                let comm = std::fs::read_to_string(format!("/proc/{child}/comm"))
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string();
+                found.push((child, comm));
+                parents.push(child);
+            }
+        }
+    }
+    found
+}
+
+/// `kill -SIGNAL pids`.
+fn signal(name: &str, pids: &[u32]) {
+    if pids.is_empty() {
+        return;
+    }
+    // A process may exit between the listing and the signal: that is not an error here.
+    let _ = std::process::Command::new("kill")
+        .arg(format!("-{name}"))
+        .args(pids.iter().map(u32::to_string))
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("run kill");
+}
+
+/// A site for browser faults: `/` a small page, `/slow` the same page 3 s after the request
+/// (counted, so a test knows the browser is waiting on it), `/spin` a page whose script never
+/// yields, anything else 404.
+async fn browser_site() -> (RawServer, Arc<std::sync::atomic::AtomicUsize>) {
+    let slow_hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = Arc::clone(&slow_hits);
+    let server = RawServer::start(move |mut stream: TcpStream| {
+        let counter = Arc::clone(&counter);
+        async move {
+            let head = read_request_head(&mut stream).await;
+            let page = |body: &str| {
+                format!(
+                    "{}{body}",
+                    head_of("200 OK", "text/html; charset=utf-8", body.len())
+                )
+            };
+            let ok = "<!doctype html><title>ok</title><p id=ok>ok</p>";
+            let reply = if head.starts_with("GET /slow") {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                page(ok)
+            } else if head.starts_with("GET /spin") {
+                page("<!doctype html><title>spin</title><script>for(;;){}</script>")
+            } else if head.starts_with("GET / ") {
+                page(ok)
+            } else {
+                head_of("404 Not Found", "text/plain", 0)
+            };
+            let _ = stream.write_all(reply.as_bytes()).await;
+        }
+    })
+    .await;
+    (server, slow_hits)
+}
+
+fn head_of(status: &str, content_type: &str, length: usize) -> String {
+    head(
+        status,
+        &[
+            &format!("Content-Type: {content_type}"),
+            &format!("Content-Length: {length}"),
+        ],
+    )
+}
+
+/// The browser section and two probes of `site`: `quick` loads `/`, `slow` loads `/slow`
+/// within `timeout`, `spin` loads `/spin`.
+fn browser_config(site: &RawServer, timeout: &str) -> String {
+    format!(
+        "browser:\n  chromedriver: /usr/bin/chromedriver\n  chromium: /usr/bin/chromium\n\
+         vars:\n  web: {}\nprobes:\n\
+         \x20 - name: quick\n    type: browser\n    timeout: 30s\n    steps:\n      \
+         - goto: \"{{{{ web }}}}/\"\n      - assert_title: ok\n\
+         \x20 - name: slow\n    type: browser\n    timeout: {timeout}\n    steps:\n      \
+         - goto: \"{{{{ web }}}}/slow\"\n\
+         \x20 - name: spin\n    type: browser\n    timeout: {timeout}\n    steps:\n      \
+         - goto: \"{{{{ web }}}}/spin\"\n      - assert_title: spin\n",
+        site.url()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_that_hangs_chromium_times_out() {
+    if !browser_installed() {
+        eprintln!("skipped: chromium and chromium-driver are not installed");
+        return;
+    }
+    let (site, _) = browser_site().await;
+    let v = verify_config(&browser_config(&site, "5s"), &["--probe", "spin"]).await;
+    let probe = common::probe(&v.report, "spin");
+    let shown = || format!("{probe:#}\n{}", v.run.output());
+    assert_eq!(probe["result"], "timeout", "{}", shown());
+    let took = probe["duration_seconds"].as_f64().unwrap_or(f64::MAX);
+    assert!(took < 6.0, "the hung page took {took}s with a 5s timeout");
+    let said = probe.to_string();
+    eprintln!("spin: timeout: {}", probe["error"]);
+    assert!(said.contains("timed out") || said.contains("did not answer"), "{}", shown());
+    assert!(v.run.elapsed < Duration::from_secs(5) + SLACK + Duration::from_secs(10));
+    v.run.assert_code(1);
+}
+
+/// Waits until `hits` is past `before` (the browser is waiting for `/slow`); fails the test,
+/// showing the run, if run `id` finishes first.
+async fn browser_waiting(
+    agent: &common::Agent,
+    id: &str,
+    hits: &std::sync::atomic::AtomicUsize,
+    before: usize,
+) {
+    common::eventually("the browser to request /slow", Duration::from_secs(30), async || {
+        if hits.load(std::sync::atomic::Ordering::SeqCst) > before {
+            return Some(());
+        }
+        let run = agent.get(&format!("/api/v1/runs/{id}")).await.json();
+        assert_ne!(run["status"], "done", "the run ended first: {run:#}\n{}", agent.stderr());
+        None
+    })
+    .await;
+}
+
+/// Chromium processes of `agent` still stopped (state `T`), with their command lines.
+fn stopped_browsers(agent: &common::Agent) -> Vec<(u32, String)> {
+    let marker = format!("patrol-browser-{}", agent.pid());
+    descendants(agent.pid())
+        .into_iter()
+        .map(|(pid, _)| pid)
+        .chain(
+            // Re-parented to init once chromedriver is gone.
+            std::fs::read_dir("/proc")
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()),
+        )
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let stopped = stat.rsplit_once(") ")?.1.starts_with('T');
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            (stopped && cmdline.contains(&marker)).then_some((pid, cmdline))
+        })
+        .fold(Vec::new(), |mut all, p| {
+            if !all.contains(&p) {
+                all.push(p);
+            }
+            all
+        })
+}
+
+/// Starts a run of `slow`, and once the browser waits for the page stops (SIGSTOP) every
+/// Chromium process of the agent: Chromium hangs. Returns the run's result.
+async fn hang_chromium_mid_load(
+    agent: &common::Agent,
+    hits: &std::sync::atomic::AtomicUsize,
+) -> Value {
+    // Earlier sessions are closed in the background: let them go first, so only this run's
+    // browser is stopped.
+    let chromium = || {
+        descendants(agent.pid())
+            .into_iter()
+            .filter(|(_, comm)| comm.starts_with("chrom") && !comm.starts_with("chromedriver"))
+            .count()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while chromium() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "earlier browser sessions still running after 30 s: {:?}",
+            descendants(agent.pid())
+                .iter()
+                .map(|(pid, _)| {
+                    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                    String::from_utf8_lossy(&cmdline[..cmdline.len().min(200)]).replace('\0', " ")
+                })
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let before = hits.load(std::sync::atomic::Ordering::SeqCst);
+    let id = agent.start_run(r#"{"probes":["slow"]}"#, None).await;
+    browser_waiting(agent, &id, hits, before).await;
+    let browsers: Vec<u32> = descendants(agent.pid())
+        .into_iter()
+        .filter(|(_, comm)| comm.starts_with("chrom") && !comm.starts_with("chromedriver"))
+        .map(|(pid, _)| pid)
+        .collect();
+    assert!(!browsers.is_empty(), "no Chromium process found");
+    signal("STOP", &browsers);
+    let run = agent.finished_run(&id).await;
+    let hung = common::probe(&run, "slow").clone();
+    eprintln!(
+        "chromium stopped: {}: {} / {}",
+        hung["result"], hung["error"], hung["steps"][0]["error"]
+    );
+    hung
+}
+
+/// Starts a run of `slow`, and once the browser waits for the page kills chromedriver
+/// (SIGKILL). Returns the run's result.
+async fn kill_chromedriver_mid_load(
+    agent: &common::Agent,
+    hits: &std::sync::atomic::AtomicUsize,
+) -> Value {
+    let before = hits.load(std::sync::atomic::Ordering::SeqCst);
+    let id = agent.start_run(r#"{"probes":["slow"]}"#, None).await;
+    browser_waiting(agent, &id, hits, before).await;
+    let driver: Vec<u32> = descendants(agent.pid())
+        .into_iter()
+        .filter(|(_, comm)| comm.starts_with("chromedriver"))
+        .map(|(pid, _)| pid)
+        .collect();
+    assert_eq!(driver.len(), 1, "one chromedriver expected");
+    signal("KILL", &driver);
+    let run = agent.finished_run(&id).await;
+    let killed = common::probe(&run, "slow").clone();
+    eprintln!(
+        "chromedriver killed: {}: {}",
+        killed["result"], killed["steps"][0]["error"]
+    );
+    killed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_survives_a_killed_chromedriver_and_a_hung_chromium() {
+    if !browser_installed() {
+        eprintln!("skipped: chromium and chromium-driver are not installed");
+        return;
+    }
+    let (site, hits) = browser_site().await;
+    let scratch = Scratch::new();
+    // Generous timeouts: Chromium's start counts against them, and takes seconds on a busy
+    // machine.
+    let path = scratch.write("patrol.yaml", &browser_config(&site, "30s"));
+    let agent = Patrol::agent(&path)
+        .current_dir(scratch.path())
+        .start()
+        .await;
+    let quick = async || {
+        let run = agent.run(r#"{"probes":["quick"]}"#, None).await;
+        let result = common::probe(&run, "quick").clone();
+        assert_eq!(result["result"], "pass", "{result:#}\n{}", agent.stderr());
+    };
+    quick().await;
+
+    // chromedriver killed while a page is loading: that run errors, the next one passes.
+    let killed = kill_chromedriver_mid_load(&agent, &hits).await;
+    assert_eq!(killed["result"], "error", "{killed:#}");
+    let error = killed["steps"][0]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("chromedriver"), "{error}");
+    assert!(
+        killed["duration_seconds"].as_f64().unwrap_or(f64::MAX) < 31.0,
+        "{killed:#}"
+    );
+    quick().await;
+
+    // Chromium hung (stopped) while a page is loading: that run times out within its timeout,
+    // and the agent keeps serving. (That the stopped browser is then killed and the next run
+    // passes is the ignored test below: a known bug.)
+    let hung = hang_chromium_mid_load(&agent, &hits).await;
+    assert_eq!(hung["result"], "timeout", "{hung:#}");
+    assert!(
+        hung["duration_seconds"].as_f64().unwrap_or(f64::MAX) < 31.0,
+        "{hung:#}"
+    );
+
+    let metrics = agent.metrics().await;
+    let runs = |probe: &str, result: &str| {
+        common::metric(
+            &metrics,
+            &format!(
+                "probe_runs_total{{location=\"local\",probe=\"{probe}\",result=\"{result}\",type=\"browser\"}}"
+            ),
+        )
+    };
+    assert_eq!(runs("quick", "pass"), Some(2.0), "{metrics}");
+    assert_eq!(runs("slow", "error"), Some(1.0), "{metrics}");
+    assert_eq!(runs("slow", "timeout"), Some(1.0), "{metrics}");
+    agent.get("/healthz").await.assert_status(200);
+    // Don't leave what this test stopped behind (see the ignored test below).
+    let left: Vec<u32> = stopped_browsers(&agent).into_iter().map(|(p, _)| p).collect();
+    signal("KILL", &left);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "known bug: after a chromedriver restart, a hung Chromium outlives its session and the next run times out; see FAULTS.md"]
+async fn a_hung_chromium_is_killed_and_the_next_run_passes() {
+    if !browser_installed() {
+        return;
+    }
+    let (site, hits) = browser_site().await;
+    let scratch = Scratch::new();
+    let path = scratch.write("patrol.yaml", &browser_config(&site, "30s"));
+    let agent = Patrol::agent(&path)
+        .current_dir(scratch.path())
+        .start()
+        .await;
+    // As in the test above: a pass, chromedriver killed mid-load and restarted, a pass — then
+    // the hang. (A hang without the restart before it is cleaned up, and the next run passes.)
+    let first = agent.run(r#"{"probes":["quick"]}"#, None).await;
+    assert_eq!(common::probe(&first, "quick")["result"], "pass", "{first:#}");
+    kill_chromedriver_mid_load(&agent, &hits).await;
+    let again = agent.run(r#"{"probes":["quick"]}"#, None).await;
+    assert_eq!(common::probe(&again, "quick")["result"], "pass", "{again:#}");
+    let hung = hang_chromium_mid_load(&agent, &hits).await;
+    assert_eq!(hung["result"], "timeout", "{hung:#}");
+    // The session's guard closes it (3 s) and then kills what names its profile.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !stopped_browsers(&agent).is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let left = stopped_browsers(&agent);
+    let next = agent.run(r#"{"probes":["quick"]}"#, None).await;
+    signal("KILL", &left.iter().map(|(p, _)| *p).collect::<Vec<_>>());
+    assert_eq!(
+        common::probe(&next, "quick")["result"],
+        "pass",
+        "the run after the hang: {next:#}\n{}",
+        agent.stderr()
+    );
+    assert!(
+        left.is_empty(),
+        "stopped Chromium processes left 20 s after the run:\n{}\n--- agent log\n{}",
+        left.iter()
+            .map(|(p, c)| format!("{p}: {c}"))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        agent.stderr()
+    );
+}

@@ -173,9 +173,7 @@ fn without_infra_probes(source: &str) -> String {
     let Some(YamlData::Mapping(root)) = docs.first().map(|d| &d.data) else {
         return source.to_string();
     };
-    let is_key = |k: &MarkedYaml<'_>, name: &str| {
-        matches!(&k.data, YamlData::Value(Scalar::String(s)) if s == name)
-    };
+    let is_key = |k: &MarkedYaml<'_>, name: &str| matches!(&k.data, YamlData::Value(Scalar::String(s)) if s == name);
     let Some((probes_key, probes)) = root.iter().find(|(k, _)| is_key(k, "probes")) else {
         return source.to_string();
     };
@@ -229,8 +227,15 @@ mod tests {
                 .map(|p| p.spec.name.clone())
                 .collect()
         };
-        assert!(!names(&full, true).is_empty(), "the example has infrastructure probes");
-        assert!(names(&cut, true).is_empty(), "left in: {:?}", names(&cut, true));
+        assert!(
+            !names(&full, true).is_empty(),
+            "the example has infrastructure probes"
+        );
+        assert!(
+            names(&cut, true).is_empty(),
+            "left in: {:?}",
+            names(&cut, true)
+        );
         assert_eq!(names(&cut, false), names(&full, false));
         assert_eq!(cut.vars.len(), full.vars.len());
         assert_eq!(cut.verify.baseline, full.verify.baseline);

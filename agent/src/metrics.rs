@@ -957,7 +957,12 @@ mod tests {
             tls_version: version.map(str::to_string),
             ..StepResult::skipped("handshake")
         };
-        let mut tls = run(Outcome::Pass, Outcome::Pass, 20, vec![tls_step(Some("TLS 1.2"))]);
+        let mut tls = run(
+            Outcome::Pass,
+            Outcome::Pass,
+            20,
+            vec![tls_step(Some("TLS 1.2"))],
+        );
         tls.kind = "tls".to_string();
         m.record_run(&tls, None);
         tls.steps = vec![tls_step(Some("TLS 1.3"))];

@@ -381,3 +381,66 @@ fn suggest_query(word: &str) -> String {
 fn first_line(s: &str) -> String {
     s.lines().last().unwrap_or(s).trim().to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::syntax::tokenize;
+
+    fn query(src: &str) -> Query {
+        let tokens = tokenize(src).expect("lexes");
+        Query::parse(&tokens, &mut 0, src.len()).expect("parses")
+    }
+
+    #[test]
+    fn infrastructure_queries_read_the_named_values() {
+        let columns = serde_json::json!({ "count": 3, "email": ["a@b.c", null] });
+        let serde_json::Value::Object(columns) = columns else {
+            panic!("an object")
+        };
+        let values = vec![
+            (named::REPLY.to_string(), Value::Text("PONG".into())),
+            (named::RCODE.to_string(), Value::Text("NOERROR".into())),
+            (named::ROWS.to_string(), Value::Number(2.0)),
+            (named::VALUE.to_string(), Value::Number(3.0)),
+            (named::COLUMNS.to_string(), Value::Object(columns)),
+            (
+                named::TLS_VERSION.to_string(),
+                Value::Text("TLS 1.3".into()),
+            ),
+        ];
+        let obs = Observation::new(None, &[], b"PONG", Duration::from_millis(2), None)
+            .with_values(&values);
+        let eval = |src: &str| query(src).evaluate(&obs).expect("evaluates");
+        assert_eq!(eval("reply"), Some(Value::Text("PONG".into())));
+        assert_eq!(eval("rcode"), Some(Value::Text("NOERROR".into())));
+        assert_eq!(eval("rows"), Some(Value::Number(2.0)));
+        assert_eq!(eval("value"), Some(Value::Number(3.0)));
+        assert_eq!(eval("column \"count\""), Some(Value::Number(3.0)));
+        assert_eq!(
+            eval("column \"email\"").map(|v| v.to_string()),
+            Some("[\"a@b.c\", null]".to_string())
+        );
+        assert_eq!(eval("column \"nope\""), None);
+        assert_eq!(eval("tls_version"), Some(Value::Text("TLS 1.3".into())));
+        // Nothing observed is nothing found, never an error.
+        assert_eq!(eval("answers"), None);
+        assert_eq!(eval("issuer"), None);
+        assert_eq!(eval("status"), None);
+        assert_eq!(query("column \"count\"").describe(), "column \"count\"");
+        assert_eq!(query("tls_version").keyword(), "tls_version");
+    }
+
+    #[test]
+    fn column_needs_a_quoted_name_and_typos_get_suggestions() {
+        let src = "column count";
+        let tokens = tokenize(src).expect("lexes");
+        let e = Query::parse(&tokens, &mut 0, src.len()).expect_err("unquoted");
+        assert_eq!(e.offset, 7);
+        assert!(e.message.contains("needs a quoted column name"), "{e:?}");
+        let src = "rcod == 1";
+        let tokens = tokenize(src).expect("lexes");
+        let e = Query::parse(&tokens, &mut 0, src.len()).expect_err("typo");
+        assert_eq!(e.help.as_deref(), Some("did you mean `rcode`?"));
+    }
+}

@@ -150,8 +150,8 @@ pub struct StepResult {
     /// Unix seconds at which the earliest peer certificate expires, for TLS exchanges.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cert_not_after: Option<i64>,
-    /// The negotiated TLS version (`TLS 1.3`), for steps of infrastructure probes that did a
-    /// handshake.
+    /// The negotiated TLS version (`TLS 1.3`), for steps that did a TLS handshake (the last
+    /// one, after redirects).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_version: Option<String>,
     /// Paths of files saved for this step (screenshots, page HTML, response bodies).

@@ -834,7 +834,7 @@ async fn bench_six_step_probe_with_warm_chromedriver() {
     let mut per_step: Vec<Vec<Duration>> = Vec::with_capacity(runs);
     for _ in 0..runs {
         // Scheduled runs are seconds apart: the previous session closes and a spare starts.
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
         let started = std::time::Instant::now();
         let result = run_probe(&spec, &env.runtime).await;
         walls.push(started.elapsed());

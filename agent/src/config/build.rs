@@ -551,8 +551,9 @@ fn probe(
     let mut browser_type = false;
     let mut infra_type = None;
     let mut http_only: Vec<(&str, &Node<'_>)> = Vec::new();
+    let mut type_known = true;
     let mut ok = true;
-    for (key, _, v) in &entries {
+    for (key, key_node, v) in &entries {
         match key.as_str() {
             "name" => {
                 if let Some(n) = w.string(v, "probe name") {
@@ -596,6 +597,7 @@ fn probe(
                                 );
                                 w.error(v, format!("unknown probe type `{other}`"), help);
                                 ok = false;
+                                type_known = false;
                             }
                         },
                     }
@@ -611,11 +613,15 @@ fn probe(
             }
             other => {
                 if HTTP_ONLY_SETTINGS.contains(&other) {
-                    http_only.push((other, *v));
+                    http_only.push((other, *key_node));
                 }
                 apply_setting(w, other, v, &mut settings);
             }
         }
+    }
+    if !type_known {
+        // Steps of an unknown type cannot be checked; the type error says what to fix.
+        return None;
     }
     if let Some(protocol) = infra_type {
         for (key, node) in &http_only {
@@ -962,7 +968,10 @@ fn offers_query(
         return true;
     }
     let help = match did_you_mean(query, queries.iter().copied()) {
-        Some(s) => format!("did you mean `{s}`? {kind} steps can use: {}", queries.join(", ")),
+        Some(s) => format!(
+            "did you mean `{s}`? {kind} steps can use: {}",
+            queries.join(", ")
+        ),
         None => format!("{kind} steps can use: {}", queries.join(", ")),
     };
     w.error_in(

@@ -149,7 +149,7 @@ fn step(
                 check = parse_check(w, protocol, v);
             }
             other => {
-                let mut keys = vec![kind, "name", "capture", "assert", "timeout"];
+                let mut keys = [kind, "name", "capture", "assert", "timeout"];
                 let help = if let Some(p) = Protocol::from_name(other) {
                     format!(
                         "this is a `type: {kind}` probe; a {} check goes in a `type: {}` probe",
@@ -265,8 +265,9 @@ fn dns(w: &mut Walker<'_>, v: &Node<'_>) -> Option<DnsCheck> {
                 }
             }
             "type" => {
-                record = w.string(n, "record type").and_then(|t| {
-                    match dns::parse_record_type(&t) {
+                record = w
+                    .string(n, "record type")
+                    .and_then(|t| match dns::parse_record_type(&t) {
                         Ok(_) => Some(t.to_ascii_uppercase()),
                         Err(e) => {
                             let help = did_you_mean(&t.to_ascii_uppercase(), dns::RECORD_TYPES)
@@ -277,8 +278,7 @@ fn dns(w: &mut Walker<'_>, v: &Node<'_>) -> Option<DnsCheck> {
                             w.error(n, e, help);
                             None
                         }
-                    }
-                })
+                    })
             }
             "server" => server = address_at(w, n, Some(53)),
             _ => tcp = w.boolean(n, "tcp").unwrap_or(false),
@@ -329,7 +329,11 @@ fn redis(w: &mut Walker<'_>, v: &Node<'_>) -> Option<RedisCheck> {
                 database = w.count(n, "database").and_then(|d| {
                     let d = u32::try_from(d).ok();
                     if d.is_none() {
-                        w.error(n, "database number too large", "Redis databases are 0-15 by default");
+                        w.error(
+                            n,
+                            "database number too large",
+                            "Redis databases are 0-15 by default",
+                        );
                     }
                     d
                 })
@@ -413,7 +417,9 @@ fn redis_commands(w: &mut Walker<'_>, node: &Node<'_>) -> Option<Vec<Vec<Templat
                             at,
                             1,
                             message,
-                            Some("quote arguments with spaces: SET greeting \"hello world\"".into()),
+                            Some(
+                                "quote arguments with spaces: SET greeting \"hello world\"".into(),
+                            ),
                         );
                         ok = false;
                         continue;
@@ -469,13 +475,15 @@ fn postgres(w: &mut Walker<'_>, v: &Node<'_>) -> Option<PostgresCheck> {
             "statement_timeout" => statement_timeout = w.duration(n, "statement_timeout"),
             "read_only" => read_only = w.boolean(n, "read_only").unwrap_or(true),
             "sslmode" => {
-                sslmode = w.string(n, "sslmode").and_then(|m| match SslMode::parse(&m) {
-                    Ok(mode) => Some(mode),
-                    Err(e) => {
-                        w.error(n, e, "libpq's modes: disable, prefer, require, verify-full");
-                        None
-                    }
-                })
+                sslmode = w
+                    .string(n, "sslmode")
+                    .and_then(|m| match SslMode::parse(&m) {
+                        Ok(mode) => Some(mode),
+                        Err(e) => {
+                            w.error(n, e, "libpq's modes: disable, prefer, require, verify-full");
+                            None
+                        }
+                    })
             }
             other => options.take(w, other, n),
         }
@@ -512,7 +520,13 @@ impl<'n, 's> TlsNodes<'n, 's> {
         };
         // The file may only exist where the agent runs (a mounted secret): warn, don't refuse.
         if let Err(e) = load_ca_file(std::path::Path::new(&path)) {
-            w.warn_in(n, 0, 1, e, "the step will error until the file holds PEM certificates");
+            w.warn_in(
+                n,
+                0,
+                1,
+                e,
+                "the step will error until the file holds PEM certificates",
+            );
         }
         self.ca_file = Some(PathBuf::from(path));
     }
@@ -545,7 +559,11 @@ fn address_at(w: &mut Walker<'_>, n: &Node<'_>, default_port: Option<u16>) -> Op
     if t.is_literal()
         && let Err(e) = Endpoint::parse(t.source(), default_port)
     {
-        w.error(n, e, "write host:port, e.g. db.internal:5432 or 127.0.0.1:6379");
+        w.error(
+            n,
+            e,
+            "write host:port, e.g. db.internal:5432 or 127.0.0.1:6379",
+        );
         return None;
     }
     Some(t)
@@ -554,9 +572,12 @@ fn address_at(w: &mut Walker<'_>, n: &Node<'_>, default_port: Option<u16>) -> Op
 /// A password: a template, with a warning when it is written in the config itself.
 fn password_at(w: &mut Walker<'_>, n: &Node<'_>, what: &str) -> Option<Template> {
     let t = template_at(w, n, what)?;
-    let from_secret = t
-        .placeholders()
-        .any(|(p, _)| !matches!(p, Placeholder::Random | Placeholder::Uuid | Placeholder::Timestamp));
+    let from_secret = t.placeholders().any(|(p, _)| {
+        !matches!(
+            p,
+            Placeholder::Random | Placeholder::Uuid | Placeholder::Timestamp
+        )
+    });
     if !from_secret && !t.source().is_empty() {
         w.warn_in(
             n,
@@ -586,4 +607,154 @@ fn regex_at(w: &mut Walker<'_>, n: &Node<'_>) -> Option<Template> {
         return None;
     }
     Some(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use patrol_probes::spec::{Check, ProbeKind, Protocol, SslMode};
+
+    use crate::config::{Severity, load_str};
+
+    #[test]
+    fn infra_steps_build_with_their_defaults() {
+        let src = r#"vars:
+  db_host: 127.0.0.1
+probes:
+  - name: cache
+    type: redis
+    retries: 2
+    steps:
+      - redis: { address: "127.0.0.1:6379" }
+      - redis: { address: "127.0.0.1", commands: [ "SET k 'a b'", [GET, k] ] }
+  - name: db
+    type: postgres
+    steps:
+      - name: users
+        postgres:
+          dsn: "postgres://smoke@{{ db_host }}:5432/app"
+          query: SELECT COUNT(*) FROM "User"
+        capture: { users: value }
+      - postgres:
+          dsn: "host=127.0.0.1 user=smoke sslmode=require"
+          sslmode: verify-full
+          read_only: false
+          query: "SELECT {{ users }}"
+  - name: names
+    type: dns
+    steps:
+      - dns: { name: api.citadelbuy.com, type: mx }
+  - name: certs
+    type: tls
+    steps:
+      - tls: { address: citadelbuy.com }
+        assert: [ cert_expiry > 30d ]
+"#;
+        let (config, report) = load_str("t.yaml", src).unwrap_or_else(|r| panic!("{r}"));
+        assert_eq!(report.diagnostics.len(), 0, "{report}");
+        let infra = |i: usize| match &config.probes[i].spec.kind {
+            ProbeKind::Infra(p) => p.clone(),
+            other => panic!("an infra probe, got {other:?}"),
+        };
+        let cache = infra(0);
+        assert_eq!(cache.protocol, Protocol::Redis);
+        assert_eq!(config.probes[0].spec.type_name(), "redis");
+        assert_eq!(config.probes[0].spec.retries, 2);
+        assert_eq!(config.probes[0].spec.step_names(), ["redis", "redis_2"]);
+        let Check::Redis(ping) = &cache.steps[0].check else {
+            panic!("a redis check")
+        };
+        let commands: Vec<Vec<&str>> = ping
+            .commands
+            .iter()
+            .map(|c| c.iter().map(|t| t.source()).collect())
+            .collect();
+        assert_eq!(commands, [["PING"]]);
+        let Check::Redis(two) = &cache.steps[1].check else {
+            panic!("a redis check")
+        };
+        assert_eq!(two.commands[0][2].source(), "a b");
+        assert_eq!(two.commands[1][0].source(), "GET");
+
+        let db = infra(1);
+        let Check::Postgres(users) = &db.steps[0].check else {
+            panic!("a postgres check")
+        };
+        assert!(users.read_only);
+        assert_eq!(users.sslmode, None);
+        let Check::Postgres(second) = &db.steps[1].check else {
+            panic!("a postgres check")
+        };
+        assert!(!second.read_only);
+        assert_eq!(second.sslmode, Some(SslMode::VerifyFull));
+
+        let names = infra(2);
+        let Check::Dns(mx) = &names.steps[0].check else {
+            panic!("a dns check")
+        };
+        assert_eq!(mx.record, "MX");
+        let defaults: Vec<&str> = names.steps[0].asserts.iter().map(|a| a.source()).collect();
+        assert_eq!(defaults, ["rcode == \"NOERROR\"", "answers count >= 1"]);
+
+        let certs = infra(3);
+        assert_eq!(certs.steps[0].asserts.len(), 1);
+    }
+
+    #[test]
+    fn secrets_written_in_the_file_and_idle_tls_options_are_warnings() {
+        let src = r#"probes:
+  - name: cache
+    type: redis
+    steps:
+      - redis: { address: "127.0.0.1:6379", password: hunter2, server_name: x }
+  - name: db
+    type: postgres
+    steps:
+      - postgres: { dsn: "postgres://u:pw@db/app", password: "{{ env.HOME }}" }
+"#;
+        let (_, report) = load_str("t.yaml", src).unwrap_or_else(|r| panic!("{r}"));
+        let warnings: Vec<(usize, usize, &str)> = report
+            .diagnostics
+            .iter()
+            .filter(|d| d.severity == Severity::Warning)
+            .map(|d| (d.line, d.col, d.message.as_str()))
+            .collect();
+        assert_eq!(
+            warnings,
+            [
+                (5, 55, "the password is written in the config file"),
+                (
+                    5,
+                    77,
+                    "`server_name` has no effect without TLS in a redis step"
+                ),
+                (9, 27, "the DSN holds a password written in the config file"),
+            ]
+        );
+    }
+
+    #[test]
+    fn undefined_names_and_later_captures_are_errors_in_infra_steps_too() {
+        let src = r#"probes:
+  - name: db
+    type: postgres
+    steps:
+      - postgres: { dsn: "postgres://smoke@{{ db_hots }}/app", query: "SELECT {{ later }}" }
+      - postgres: { dsn: "postgres://smoke@db/app" }
+        capture: { later: value }
+"#;
+        let report = load_str("t.yaml", src).expect_err("errors");
+        let errors: Vec<(usize, usize, &str)> = report
+            .diagnostics
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+            .map(|d| (d.line, d.col, d.message.as_str()))
+            .collect();
+        assert_eq!(
+            errors,
+            [
+                (5, 47, "undefined variable `db_hots`"),
+                (5, 82, "`later` is used before the step that captures it"),
+            ]
+        );
+    }
 }

@@ -164,7 +164,9 @@ impl Config {
     /// True when the browser sections of two configs differ.
     pub fn browser_settings_differ(&self, other: &Config) -> bool {
         let (a, b) = (&self.browser, &other.browser);
-        a.chromedriver != b.chromedriver || a.chromium != b.chromium || a.max_sessions != b.max_sessions
+        a.chromedriver != b.chromedriver
+            || a.chromium != b.chromium
+            || a.max_sessions != b.max_sessions
     }
 
     /// The browser section as the engine wants it.

@@ -175,6 +175,14 @@ impl Session {
         matches!(tokio::time::timeout(within, check).await, Ok(Ok(_)))
     }
 
+    /// Loads an empty `data:` page, so the first real navigation finds a renderer started.
+    pub(crate) async fn warm_up(&self, within: Duration) {
+        let loaded = self.client().goto("data:text/html,");
+        if !matches!(tokio::time::timeout(within, loaded).await, Ok(Ok(()))) {
+            tracing::debug!("A spare browser session's warm-up navigation failed.");
+        }
+    }
+
     /// Marks the session as having a command stuck in it: it is killed rather than closed.
     pub(crate) fn mark_stuck(&self) {
         self.stuck.store(true, Ordering::SeqCst);

@@ -244,20 +244,12 @@ pub(crate) async fn run(
         }
         let started = std::time::Instant::now();
         let mut result = StepResult::skipped(&step.name);
-        let mut ctx = Ctx {
+        let ctx = Ctx {
             client: session.client(),
             step,
             probe_deadline: deadline,
         };
-        let outcome = run_step(
-            &mut ctx,
-            &mut console,
-            scope,
-            masker,
-            artifacts,
-            &mut result,
-        )
-        .await;
+        let outcome = run_step(&ctx, &mut console, scope, masker, artifacts, &mut result).await;
         let masker = masker.with(scope.secret_values());
         let mut unusable = false;
         match outcome {
@@ -303,7 +295,7 @@ pub(crate) async fn run(
 }
 
 async fn run_step(
-    ctx: &mut Ctx<'_>,
+    ctx: &Ctx<'_>,
     console: &mut Console,
     scope: &mut Scope,
     masker: &Masker,
@@ -623,7 +615,7 @@ async fn run_step(
     }
 }
 
-async fn goto(ctx: &mut Ctx<'_>, url: &str, result: &mut StepResult) -> Result<(), Broke> {
+async fn goto(ctx: &Ctx<'_>, url: &str, result: &mut StepResult) -> Result<(), Broke> {
     let parsed =
         url::Url::parse(url).map_err(|e| Broke::error(format!("invalid URL `{url}`: {e}")))?;
     if !matches!(
@@ -706,7 +698,7 @@ async fn goto(ctx: &mut Ctx<'_>, url: &str, result: &mut StepResult) -> Result<(
     }
 }
 
-async fn click(ctx: &mut Ctx<'_>, selector: &str, budget: &Budget) -> Result<(), Broke> {
+async fn click(ctx: &Ctx<'_>, selector: &str, budget: &Budget) -> Result<(), Broke> {
     loop {
         let element = ctx.wait_interactable(selector, budget).await?;
         match ctx.call_raw(budget, element.click()).await? {

@@ -8,6 +8,10 @@
 //! it still answers, and otherwise starts its own. The spare holds a slot like any session, so
 //! `max_sessions` still bounds live browsers; a run that finds every slot taken waits for a slot
 //! or for the spare, whichever comes first.
+//!
+//! A spare also loads an empty `data:` page once: Chromium's first navigation pays for starting
+//! a renderer and its spare process, which would otherwise count in the run's first `goto`
+//! (roughly half of it on this machine). No request leaves the browser for it.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,6 +31,8 @@ use super::{BrowserSettings, DEBIAN_BINARY, DEBIAN_WRAPPER};
 const SPARE_CHECK: Duration = Duration::from_secs(1);
 /// How long a spare may take to start.
 const SPARE_START: Duration = Duration::from_secs(30);
+/// How long a spare's warm-up navigation may take.
+const SPARE_WARM_UP: Duration = Duration::from_secs(5);
 /// How long shutdown waits for sessions that are still closing.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -175,6 +181,7 @@ impl Supervisor {
         let until = Instant::now() + SPARE_START;
         match self.open(shape, permit, until).await {
             Ok(session) => {
+                session.warm_up(SPARE_WARM_UP).await;
                 let mut spare = self.spare.lock().unwrap_or_else(PoisonError::into_inner);
                 if self.closed.load(Ordering::SeqCst) || spare.is_some() {
                     drop(spare);

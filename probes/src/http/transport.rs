@@ -97,6 +97,8 @@ pub struct IncomingResponse {
     pub phases: Phases,
     /// Unix seconds of the earliest `notAfter` in the peer's certificate chain (https only).
     pub cert_not_after: Option<i64>,
+    /// The negotiated TLS version (`TLS 1.3`), https only.
+    pub tls_version: Option<String>,
     /// The address actually connected to.
     pub remote_addr: SocketAddr,
 }
@@ -137,6 +139,7 @@ impl Transport {
         let mut peer = Peer {
             remote_addr,
             cert_not_after: None,
+            tls_version: None,
         };
         if !target.tls {
             return run
@@ -150,6 +153,7 @@ impl Transport {
         let host = target.host.to_string();
         let (tls, handshake) = run.tls(config, server_name, &host, tcp).await?;
         peer.cert_not_after = handshake.not_after;
+        peer.tls_version = handshake.version;
         run.exchange(tls, request, peer, limits.max_body_bytes)
             .await
     }
@@ -307,6 +311,7 @@ impl Run {
 struct Peer {
     remote_addr: SocketAddr,
     cert_not_after: Option<i64>,
+    tls_version: Option<String>,
 }
 
 /// What reading one response needs besides the [`Run`].
@@ -405,6 +410,7 @@ impl Exchange {
             body,
             phases: run.phases,
             cert_not_after: self.peer.cert_not_after,
+            tls_version: self.peer.tls_version,
             remote_addr: self.peer.remote_addr,
         })
     }

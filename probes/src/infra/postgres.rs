@@ -263,15 +263,12 @@ pub(crate) async fn run(
             Some(t) => render(t, scope, "server_name")?,
             None => endpoint.host_text(),
         };
-        let mut options = check.tls.clone();
-        if options.ca_file.is_none() {
-            options.ca_file = root_cert.map(Into::into);
-        }
+        let ca_file = check.tls.ca_file.clone().or(root_cert.map(Into::into));
         // prefer and require encrypt without checking who is at the other end, as libpq does.
         let insecure = ctx.insecure || mode != SslMode::VerifyFull;
         let config = ctx
             .tls
-            .for_probe(insecure, options.ca_file.as_deref())
+            .for_probe(insecure, ca_file.as_deref())
             .map_err(Failed::error)?;
         let server = server_name(&name).map_err(Failed::error)?;
         Some((config, server))
@@ -314,7 +311,7 @@ pub(crate) async fn run(
         let mut query = pin!(query);
         tokio::select! {
             biased;
-            answer = timeout_at(dial.deadline, &mut query) => Some(answer),
+            answer = timeout_at(dial.deadline, &mut query) => answer,
             ended = &mut connection => {
                 let why = match ended {
                     Ok(()) => "the server closed the connection".to_string(),
@@ -329,12 +326,12 @@ pub(crate) async fn run(
     drop(client);
     let _ = timeout_at(dial.deadline, &mut connection).await;
     let messages = match answer {
-        Some(Ok(Ok(messages))) => messages,
-        Some(Ok(Err(e))) => {
+        Ok(Ok(messages)) => messages,
+        Ok(Err(e)) => {
             let (outcome, message) = query_error(&e, statement_timeout);
             return Err(fail(&dial, outcome, message));
         }
-        Some(Err(_)) | None => {
+        Err(_) => {
             let elapsed = dial.started.elapsed().as_secs_f64();
             let message =
                 format!("timed out after {elapsed:.3}s waiting for the query (processing)");

@@ -14,7 +14,6 @@ use super::{Ctx, Failed, Observed, render};
 use crate::net::dial::io_error;
 use crate::net::{Dial, Endpoint, FailureKind};
 use crate::query::named;
-use crate::result::Outcome;
 use crate::spec::RedisCheck;
 use crate::template::Scope;
 use crate::value::Value;
@@ -174,7 +173,7 @@ pub(crate) async fn run(
         "redis {endpoint}: {}",
         commands
             .iter()
-            .map(|c| c.join(" "))
+            .map(|c| c.iter().map(|a| shown_arg(a)).collect::<Vec<_>>().join(" "))
             .collect::<Vec<_>>()
             .join("; ")
     );
@@ -227,6 +226,15 @@ pub(crate) async fn run(
         .values
         .push((named::REPLIES.to_string(), Value::List(values)));
     Ok(observed)
+}
+
+/// An argument as redis-cli would need it typed: quoted when it has spaces or quotes.
+fn shown_arg(arg: &str) -> String {
+    if arg.is_empty() || arg.contains(|c: char| c.is_whitespace() || c == '"' || c == '\'') {
+        format!("{arg:?}")
+    } else {
+        arg.to_string()
+    }
 }
 
 /// What to do once connected.
@@ -405,15 +413,6 @@ pub fn split_command(text: &str) -> Result<Vec<(String, usize)>, (usize, String)
     Ok(out)
 }
 
-/// What outcome an error reply gives a step (for documentation and tests).
-pub fn error_reply_outcome(error: &str) -> Outcome {
-    if auth_problem(error).is_some() {
-        Outcome::Error
-    } else {
-        Outcome::Fail
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -496,18 +495,15 @@ mod tests {
     }
 
     #[test]
-    fn login_errors_are_errors_other_error_replies_fail() {
+    fn login_errors_are_told_from_other_error_replies() {
         assert_eq!(
-            error_reply_outcome("WRONGPASS invalid username-password pair"),
-            Outcome::Error
+            auth_problem("WRONGPASS invalid username-password pair").as_deref(),
+            Some("authentication failed: WRONGPASS invalid username-password pair")
         );
-        assert_eq!(
-            error_reply_outcome("NOAUTH Authentication required."),
-            Outcome::Error
+        assert!(
+            auth_problem("NOAUTH Authentication required.")
+                .is_some_and(|m| m.starts_with("authentication required: NOAUTH"))
         );
-        assert_eq!(
-            error_reply_outcome("ERR unknown command 'NOPE'"),
-            Outcome::Fail
-        );
+        assert_eq!(auth_problem("ERR unknown command 'NOPE'"), None);
     }
 }
