@@ -73,7 +73,8 @@ probes:
 "#;
 
 /// Bytes that matter to YAML and to Patrol's own syntax.
-const SIGNIFICANT: &[u8] = b":-[]{}\"'#&*!|>%@`,? \t\n\\$.=<0123456789abcdefghijklmnopqrstuvwxyz\xc3\xa9\xff";
+const SIGNIFICANT: &[u8] =
+    b":-[]{}\"'#&*!|>%@`,? \t\n\\$.=<0123456789abcdefghijklmnopqrstuvwxyz\xc3\xa9\xff";
 
 /// One edit of a config text.
 #[derive(Debug, Clone)]
@@ -93,7 +94,10 @@ enum Edit {
 fn edit() -> impl Strategy<Value = Edit> {
     prop_oneof![
         (0.0..1.0, 1usize..12).prop_map(|(at, len)| Edit::Delete { at, len }),
-        (0.0..1.0, prop::collection::vec(prop::sample::select(SIGNIFICANT), 1..6))
+        (
+            0.0..1.0,
+            prop::collection::vec(prop::sample::select(SIGNIFICANT), 1..6)
+        )
             .prop_map(|(at, bytes)| Edit::Insert { at, bytes }),
         (0.0..1.0).prop_map(|at| Edit::DuplicateLine { at }),
         (0.0..1.0, -4i8..5).prop_map(|(at, by)| Edit::Indent { at, by }),
@@ -137,7 +141,8 @@ fn index(at: f64, len: usize) -> usize {
 
 fn apply(text: &[u8], edit: &Edit) -> Vec<u8> {
     let mut out = text.to_vec();
-    let lines = |t: &[u8]| -> Vec<Vec<u8>> { t.split(|b| *b == b'\n').map(<[u8]>::to_vec).collect() };
+    let lines =
+        |t: &[u8]| -> Vec<Vec<u8>> { t.split(|b| *b == b'\n').map(<[u8]>::to_vec).collect() };
     match edit {
         Edit::Delete { at, len } => {
             let start = index(*at, out.len());
@@ -189,24 +194,56 @@ fn apply(text: &[u8], edit: &Edit) -> Vec<u8> {
 fn mutated_config() -> impl Strategy<Value = Vec<u8>> {
     let example = std::fs::read(common::workspace_root().join("examples/citadelbuy.yaml"))
         .expect("read examples/citadelbuy.yaml");
-    (
-        prop::bool::ANY,
-        prop::collection::vec(edit(), 1..5),
-    )
-        .prop_map(move |(use_example, edits)| {
-            let base = if use_example { example.clone() } else { SEED.as_bytes().to_vec() };
-            edits.iter().fold(base, |text, e| apply(&text, e))
-        })
+    (prop::bool::ANY, prop::collection::vec(edit(), 1..5)).prop_map(move |(use_example, edits)| {
+        let base = if use_example {
+            example.clone()
+        } else {
+            SEED.as_bytes().to_vec()
+        };
+        edits.iter().fold(base, |text, e| apply(&text, e))
+    })
 }
 
 /// Config-shaped text from scratch: known and unknown keys at random depths with random values.
 fn generated_config() -> impl Strategy<Value = Vec<u8>> {
     let key = prop::sample::select(vec![
-        "agent", "listen", "probes", "name", "steps", "request", "url", "assert", "capture",
-        "vars", "defaults", "timeout", "schedule", "every", "cron", "tags", "type", "browser",
-        "goto", "click", "verify", "insecure", "max_body", "retries", "json", "form", "body",
-        "headers", "query", "method", "locations", "tz", "api_token", "unknwon", "- name",
-        "-", "? complex",
+        "agent",
+        "listen",
+        "probes",
+        "name",
+        "steps",
+        "request",
+        "url",
+        "assert",
+        "capture",
+        "vars",
+        "defaults",
+        "timeout",
+        "schedule",
+        "every",
+        "cron",
+        "tags",
+        "type",
+        "browser",
+        "goto",
+        "click",
+        "verify",
+        "insecure",
+        "max_body",
+        "retries",
+        "json",
+        "form",
+        "body",
+        "headers",
+        "query",
+        "method",
+        "locations",
+        "tz",
+        "api_token",
+        "unknwon",
+        "- name",
+        "-",
+        "? complex",
     ]);
     let value = prop_oneof![
         Just(String::new()),
@@ -270,7 +307,12 @@ fn check_validate(scratch: &Scratch, text: &[u8]) -> Result<(), TestCaseError> {
         .and_then(|mut f| f.write_all(text))
         .expect("write the config");
     let (code, stderr) = validate(&path);
-    let shown = || format!("--- config\n{}\n--- stderr\n{stderr}", String::from_utf8_lossy(text));
+    let shown = || {
+        format!(
+            "--- config\n{}\n--- stderr\n{stderr}",
+            String::from_utf8_lossy(text)
+        )
+    };
     prop_assert!(
         matches!(code, Some(0) | Some(2)),
         "exit {code:?}\n{}",
@@ -281,10 +323,18 @@ fn check_validate(scratch: &Scratch, text: &[u8]) -> Result<(), TestCaseError> {
         let file = path.display().to_string();
         let line_count = text.split(|b| *b == b'\n').count();
         let errors: Vec<&str> = stderr.lines().filter(|l| l.contains(": error: ")).collect();
-        prop_assert!(!errors.is_empty(), "exit 2 without an error line\n{}", shown());
+        prop_assert!(
+            !errors.is_empty(),
+            "exit 2 without an error line\n{}",
+            shown()
+        );
         for error in errors {
             let rest = error.strip_prefix(&format!("{file}:"));
-            prop_assert!(rest.is_some(), "`{error}` does not start with the file\n{}", shown());
+            prop_assert!(
+                rest.is_some(),
+                "`{error}` does not start with the file\n{}",
+                shown()
+            );
             let mut parts = rest.unwrap_or_default().splitn(3, ':');
             let line = parts.next().and_then(|l| l.parse::<usize>().ok());
             let col = parts.next().and_then(|c| c.parse::<usize>().ok());
@@ -375,19 +425,59 @@ async fn api_and_hooks_refuse_bad_bodies_and_carry_on() {
     let huge = format!(r#"{{"probes":["{}"]}}"#, "x".repeat(70 * 1024));
     // (what, content type, body, expected status) for every route reading a JSON body.
     let cases: Vec<(&str, Option<&str>, Vec<u8>, u16)> = vec![
-        ("malformed JSON", Some(json), br#"{"probes": ["health""#.to_vec(), 400),
-        ("a trailing comma", Some(json), br#"{"probes": ["health"],}"#.to_vec(), 400),
-        ("bytes that are not UTF-8", Some(json), b"{\"probes\": [\"\xff\xfe\"]}".to_vec(), 400),
+        (
+            "malformed JSON",
+            Some(json),
+            br#"{"probes": ["health""#.to_vec(),
+            400,
+        ),
+        (
+            "a trailing comma",
+            Some(json),
+            br#"{"probes": ["health"],}"#.to_vec(),
+            400,
+        ),
+        (
+            "bytes that are not UTF-8",
+            Some(json),
+            b"{\"probes\": [\"\xff\xfe\"]}".to_vec(),
+            400,
+        ),
         ("an empty body", Some(json), Vec::new(), 400),
         ("a body over 64 KiB", Some(json), huge.into_bytes(), 413),
-        ("text/plain", Some("text/plain"), br#"{"probes":["health"]}"#.to_vec(), 415),
-        ("form data", Some("application/x-www-form-urlencoded"), b"probes=health".to_vec(), 415),
-        ("no content type", None, br#"{"probes":["health"]}"#.to_vec(), 415),
+        (
+            "text/plain",
+            Some("text/plain"),
+            br#"{"probes":["health"]}"#.to_vec(),
+            415,
+        ),
+        (
+            "form data",
+            Some("application/x-www-form-urlencoded"),
+            b"probes=health".to_vec(),
+            415,
+        ),
+        (
+            "no content type",
+            None,
+            br#"{"probes":["health"]}"#.to_vec(),
+            415,
+        ),
         ("a JSON string", Some(json), br#""health""#.to_vec(), 422),
         ("a JSON array", Some(json), br#"["health"]"#.to_vec(), 422),
-        ("a deeply nested array", Some(json), format!("{}{}", "[".repeat(10_000), "]".repeat(10_000)).into_bytes(), 400),
+        (
+            "a deeply nested array",
+            Some(json),
+            format!("{}{}", "[".repeat(10_000), "]".repeat(10_000)).into_bytes(),
+            400,
+        ),
     ];
-    for route in ["/api/v1/runs", "/api/v1/verify", "/hooks/flagger", "/hooks/alertmanager"] {
+    for route in [
+        "/api/v1/runs",
+        "/api/v1/verify",
+        "/hooks/flagger",
+        "/hooks/alertmanager",
+    ] {
         for (what, content_type, body, expected) in &cases {
             let mut headers = vec![("authorization", auth.as_str())];
             headers.extend(content_type.map(|t| ("content-type", t)));
@@ -401,10 +491,12 @@ async fn api_and_hooks_refuse_bad_bodies_and_carry_on() {
             assert!(
                 ok,
                 "POST {route} with {what}: {} (expected {expected}): {}",
-                reply.status,
-                reply.body
+                reply.status, reply.body
             );
-            assert!(!reply.body.is_empty(), "POST {route} with {what}: no explanation");
+            assert!(
+                !reply.body.is_empty(),
+                "POST {route} with {what}: no explanation"
+            );
         }
     }
     // Unknown fields and wrong types, where Patrol owns the schema.
@@ -412,12 +504,18 @@ async fn api_and_hooks_refuse_bad_bodies_and_carry_on() {
         ("/api/v1/runs", r#"{"probes":["health"],"probez":[]}"#),
         ("/api/v1/runs", r#"{"probes":"health"}"#),
         ("/api/v1/runs", r#"{"probes":[1]}"#),
-        ("/api/v1/runs", r#"{"deploy":{"version":"1","colour":"blue"}}"#),
+        (
+            "/api/v1/runs",
+            r#"{"deploy":{"version":"1","colour":"blue"}}"#,
+        ),
         ("/api/v1/runs", r#"{"deploy":{"at_ms":"yesterday"}}"#),
         ("/api/v1/verify", r#"{"probes":["health"],"rounds":3}"#),
         ("/api/v1/verify", r#"{"runs":-1}"#),
         ("/hooks/flagger", r#"{"namespace":"prod"}"#),
-        ("/hooks/flagger", r#"{"name":"api","namespace":"prod","metadata":{"probes":1}}"#),
+        (
+            "/hooks/flagger",
+            r#"{"name":"api","namespace":"prod","metadata":{"probes":1}}"#,
+        ),
         ("/hooks/alertmanager", r#"{"version":"3","alerts":[]}"#),
         ("/hooks/alertmanager", r#"{"version":"4","alerts":{}}"#),
     ] {
@@ -457,8 +555,15 @@ fn random_bodies_to_the_run_api_never_get_a_server_error() {
             (
                 prop::sample::select(vec!["probes", "tags", "deploy", "url", "x", ""]),
                 prop::sample::select(vec![
-                    "[]", "[\"nope\"]", "\"health\"", "1", "null", "{}", "{\"version\":1}",
-                    "[[]]", "true",
+                    "[]",
+                    "[\"nope\"]",
+                    "\"health\"",
+                    "1",
+                    "null",
+                    "{}",
+                    "{\"version\":1}",
+                    "[[]]",
+                    "true",
                 ]),
             ),
             0..4,
@@ -471,8 +576,17 @@ fn random_bodies_to_the_run_api_never_get_a_server_error() {
     let served = std::sync::atomic::AtomicUsize::new(0);
     runner()
         .run(&body, |body| {
-            let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
-            let reply = rt.block_on(http(agent.addr, "POST", "/api/v1/runs", &headers, body.clone()));
+            let headers = [
+                ("authorization", auth.as_str()),
+                ("content-type", "application/json"),
+            ];
+            let reply = rt.block_on(http(
+                agent.addr,
+                "POST",
+                "/api/v1/runs",
+                &headers,
+                body.clone(),
+            ));
             prop_assert!(
                 reply.status == 202 || (400..500).contains(&reply.status),
                 "{} for {:?}: {}",

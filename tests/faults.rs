@@ -145,7 +145,12 @@ async fn a_hang_before_the_headers_times_out_in_processing() {
         drop(stream);
     })
     .await;
-    let config = one_probe("hang", &server.url(), "    timeout: 2s\n", "[ status == 200 ]");
+    let config = one_probe(
+        "hang",
+        &server.url(),
+        "    timeout: 2s\n",
+        "[ status == 200 ]",
+    );
     let v = verify_config(&config, &[]).await;
     assert_fault(
         &v,
@@ -166,7 +171,12 @@ async fn a_hang_in_the_middle_of_the_body_times_out_in_transfer() {
         tokio::time::sleep(Duration::from_secs(3600)).await;
     })
     .await;
-    let config = one_probe("stalled", &server.url(), "    timeout: 2s\n", "[ status == 200 ]");
+    let config = one_probe(
+        "stalled",
+        &server.url(),
+        "    timeout: 2s\n",
+        "[ status == 200 ]",
+    );
     let v = verify_config(&config, &[]).await;
     let step = assert_fault(
         &v,
@@ -193,7 +203,12 @@ async fn a_trickle_of_one_byte_a_second_times_out_in_transfer() {
         }
     })
     .await;
-    let config = one_probe("trickle", &server.url(), "    timeout: 3s\n", "[ status == 200 ]");
+    let config = one_probe(
+        "trickle",
+        &server.url(),
+        "    timeout: 3s\n",
+        "[ status == 200 ]",
+    );
     let v = verify_config(&config, &[]).await;
     assert_fault(
         &v,
@@ -270,7 +285,12 @@ async fn a_gzip_bomb_is_capped_once_decoded() {
     response.extend_from_slice(bomb);
     let server = answer(response).await;
     // The default max_body (10 MiB) lets the ~1 MiB on the wire through; decoding stops at it.
-    let config = one_probe("bomb", &server.url(), "    timeout: 10s\n", "[ status == 200 ]");
+    let config = one_probe(
+        "bomb",
+        &server.url(),
+        "    timeout: 10s\n",
+        "[ status == 200 ]",
+    );
     let v = verify_config(&config, &[]).await;
     assert_fault(
         &v,
@@ -316,7 +336,10 @@ async fn an_invalid_utf8_body_fails_its_assertions_with_a_clear_message() {
     assert_eq!(results, ["pass", "pass", "fail", "fail"], "{asserts:#}");
     // Undecodable bytes are shown as U+FFFD, never dropped silently or crashing the report.
     let actual = asserts[2]["actual"].as_str().unwrap_or_default();
-    assert!(actual.contains('\u{fffd}') && actual.contains("ok"), "{actual}");
+    assert!(
+        actual.contains('\u{fffd}') && actual.contains("ok"),
+        "{actual}"
+    );
     // The JSONPath failure says the body is not JSON.
     eprintln!("garbled: fail: {}", asserts[3]);
     let jsonpath = asserts[3].to_string().to_lowercase();
@@ -468,7 +491,12 @@ async fn tls_fault(target: &TlsTarget, name: &str, problem: &[&str], asserts: &s
     says.extend_from_slice(problem);
     assert_fault(&v, name, "error", &says, Duration::from_secs(10));
     let insecure = common::probe(&v.report, &format!("{name}-insecure"));
-    assert_eq!(insecure["result"], "pass", "{insecure:#}\n{}", v.run.output());
+    assert_eq!(
+        insecure["result"],
+        "pass",
+        "{insecure:#}\n{}",
+        v.run.output()
+    );
     let step = common::step(insecure, "get").clone();
     assert_eq!(step["cert_not_after"], target.not_after, "{step:#}");
     step
@@ -549,7 +577,8 @@ async fn the_agent_reports_faults_and_keeps_serving() {
     .into_bytes();
     bomb.extend_from_slice(gzip_bomb());
     let bomb = answer(bomb).await;
-    let redirect = answer(head("302 Found", &["Location: /", "Content-Length: 0"]).into_bytes()).await;
+    let redirect =
+        answer(head("302 Found", &["Location: /", "Content-Length: 0"]).into_bytes()).await;
     let tls = TlsTarget::start(&["127.0.0.1"], (2021, 1, 1)).await;
     let refused = common::closed_port();
     let shop = common::shop().await;
@@ -572,7 +601,11 @@ async fn the_agent_reports_faults_and_keeps_serving() {
         ("bomb", bomb.url(), "error"),
         ("redirect", redirect.url(), "error"),
         ("expired", tls.url(), "error"),
-        ("nowhere", "http://patrol-agent-fault.invalid/".to_string(), "error"),
+        (
+            "nowhere",
+            "http://patrol-agent-fault.invalid/".to_string(),
+            "error",
+        ),
         ("garbage", format!("{}/api/products", shop.url()), "fail"),
     ];
     for (name, url, _) in &faults {
@@ -639,7 +672,10 @@ fn descendants(pid: u32) -> Vec<(u32, String)> {
             break;
         };
         for entry in entries.filter_map(Result::ok) {
-            let Some(child) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok())
+            let Some(child) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
             else {
                 continue;
             };
@@ -751,7 +787,11 @@ async fn a_page_that_hangs_chromium_times_out() {
     assert!(took < 6.0, "the hung page took {took}s with a 5s timeout");
     let said = probe.to_string();
     eprintln!("spin: timeout: {}", probe["error"]);
-    assert!(said.contains("timed out") || said.contains("did not answer"), "{}", shown());
+    assert!(
+        said.contains("timed out") || said.contains("did not answer"),
+        "{}",
+        shown()
+    );
     assert!(v.run.elapsed < Duration::from_secs(5) + SLACK + Duration::from_secs(10));
     v.run.assert_code(1);
 }
@@ -764,14 +804,23 @@ async fn browser_waiting(
     hits: &std::sync::atomic::AtomicUsize,
     before: usize,
 ) {
-    common::eventually("the browser to request /slow", Duration::from_secs(30), async || {
-        if hits.load(std::sync::atomic::Ordering::SeqCst) > before {
-            return Some(());
-        }
-        let run = agent.get(&format!("/api/v1/runs/{id}")).await.json();
-        assert_ne!(run["status"], "done", "the run ended first: {run:#}\n{}", agent.stderr());
-        None
-    })
+    common::eventually(
+        "the browser to request /slow",
+        Duration::from_secs(30),
+        async || {
+            if hits.load(std::sync::atomic::Ordering::SeqCst) > before {
+                return Some(());
+            }
+            let run = agent.get(&format!("/api/v1/runs/{id}")).await.json();
+            assert_ne!(
+                run["status"],
+                "done",
+                "the run ended first: {run:#}\n{}",
+                agent.stderr()
+            );
+            None
+        },
+    )
     .await;
 }
 
@@ -933,7 +982,10 @@ async fn the_agent_survives_a_killed_chromedriver_and_a_hung_chromium() {
     assert_eq!(runs("slow", "timeout"), Some(1.0), "{metrics}");
     agent.get("/healthz").await.assert_status(200);
     // Don't leave what this test stopped behind (see the ignored test below).
-    let left: Vec<u32> = stopped_browsers(&agent).into_iter().map(|(p, _)| p).collect();
+    let left: Vec<u32> = stopped_browsers(&agent)
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect();
     signal("KILL", &left);
 }
 
@@ -953,10 +1005,18 @@ async fn a_hung_chromium_is_killed_and_the_next_run_passes() {
     // As in the test above: a pass, chromedriver killed mid-load and restarted, a pass — then
     // the hang. (A hang without the restart before it is cleaned up, and the next run passes.)
     let first = agent.run(r#"{"probes":["quick"]}"#, None).await;
-    assert_eq!(common::probe(&first, "quick")["result"], "pass", "{first:#}");
+    assert_eq!(
+        common::probe(&first, "quick")["result"],
+        "pass",
+        "{first:#}"
+    );
     kill_chromedriver_mid_load(&agent, &hits).await;
     let again = agent.run(r#"{"probes":["quick"]}"#, None).await;
-    assert_eq!(common::probe(&again, "quick")["result"], "pass", "{again:#}");
+    assert_eq!(
+        common::probe(&again, "quick")["result"],
+        "pass",
+        "{again:#}"
+    );
     let hung = hang_chromium_mid_load(&agent, &hits).await;
     assert_eq!(hung["result"], "timeout", "{hung:#}");
     // The session's guard closes it (3 s) and then kills what names its profile.

@@ -110,7 +110,10 @@ async fn every_post_route_refuses_a_request_without_the_token() {
         ("a wrong token", Some("Bearer wrong".into())),
         ("an empty bearer token", Some("Bearer ".into())),
         ("the token with a suffix", Some(format!("Bearer {TOKEN}x"))),
-        ("a prefix of the token", Some(format!("Bearer {}", &TOKEN[..TOKEN.len() - 1]))),
+        (
+            "a prefix of the token",
+            Some(format!("Bearer {}", &TOKEN[..TOKEN.len() - 1])),
+        ),
         ("the token in Basic auth", Some(format!("Basic {TOKEN}"))),
         ("the token without the scheme", Some(TOKEN.to_string())),
     ];
@@ -119,8 +122,19 @@ async fn every_post_route_refuses_a_request_without_the_token() {
         for (what, authorization) in &refused {
             let mut headers = vec![("content-type", "application/json")];
             headers.extend(authorization.as_deref().map(|a| ("authorization", a)));
-            let reply = http(agent.addr, "POST", route, &headers, body.clone().into_bytes()).await;
-            assert_eq!(reply.status, 401, "POST {route} with {what}: {}", reply.body);
+            let reply = http(
+                agent.addr,
+                "POST",
+                route,
+                &headers,
+                body.clone().into_bytes(),
+            )
+            .await;
+            assert_eq!(
+                reply.status, 401,
+                "POST {route} with {what}: {}",
+                reply.body
+            );
             assert_eq!(reply.header("www-authenticate"), Some("Bearer"), "{route}");
             assert!(!reply.body.contains(TOKEN), "{route} echoes the token");
         }
@@ -141,7 +155,12 @@ async fn every_post_route_refuses_a_request_without_the_token() {
     // Nothing happened: no run, no request to the target, no reload, verdict or rollback.
     let text = agent.metrics().await;
     assert_eq!(hits.load(Ordering::SeqCst), 0, "the target was probed");
-    assert_eq!(total(&text, "probe_runs_total"), 0.0, "{}", family(&text, "probe_runs_total"));
+    assert_eq!(
+        total(&text, "probe_runs_total"),
+        0.0,
+        "{}",
+        family(&text, "probe_runs_total")
+    );
     assert_eq!(
         metric(&text, r#"patrol_config_reload_total{result="success"}"#),
         Some(1.0),
@@ -226,7 +245,10 @@ async fn the_status_page_escapes_what_targets_supply() {
         // The error text, from the target's Location header.
         "&lt;script&gt;alert(3)&lt;/script&gt;",
     ] {
-        assert!(html.contains(escaped), "no `{escaped}` on the page:\n{html}");
+        assert!(
+            html.contains(escaped),
+            "no `{escaped}` on the page:\n{html}"
+        );
     }
 
     // The API is JSON (application/json): the values come back exactly, as JSON strings.
@@ -253,7 +275,11 @@ async fn the_status_page_escapes_what_targets_supply() {
     assert!(saved.ends_with("fetch-response.txt"), "{echo:#}");
     let file = agent.get(&format!("/artifacts/{saved}")).await;
     file.assert_status(200);
-    assert!(file.body.contains("<script>alert(1)</script>"), "{}", file.body);
+    assert!(
+        file.body.contains("<script>alert(1)</script>"),
+        "{}",
+        file.body
+    );
     assert_eq!(
         file.header("content-type"),
         Some("text/plain; charset=utf-8")
@@ -268,11 +294,13 @@ async fn validation_refuses_markup_in_a_probe_name() {
         "patrol.yaml",
         "probes:\n  - name: \"<script>alert(1)</script>\"\n    steps:\n      - request: { url: \"http://127.0.0.1:1/\" }\n",
     );
-    let run = Patrol::new(["validate", "--config"]).arg_path(&path).run().await;
+    let run = Patrol::new(["validate", "--config"])
+        .arg_path(&path)
+        .run()
+        .await;
     run.assert_code(2);
     assert!(
-        run.stderr.contains("patrol.yaml:2:")
-            && run.stderr.contains("must match [a-z0-9_-]+"),
+        run.stderr.contains("patrol.yaml:2:") && run.stderr.contains("must match [a-z0-9_-]+"),
         "{}",
         run.output()
     );
@@ -290,7 +318,10 @@ async fn artifact_paths_cannot_leave_artifacts_dir() {
         std::os::unix::fs::symlink(target, at).expect("create a symlink");
     };
     link(scratch.path(), &artifacts.join("up"));
-    link(&scratch.file("outside-secret.txt"), &artifacts.join("p/leak.txt"));
+    link(
+        &scratch.file("outside-secret.txt"),
+        &artifacts.join("p/leak.txt"),
+    );
     link(Path::new("/etc"), &artifacts.join("etc"));
     let config = format!(
         "agent:\n  artifacts_dir: {}\nvars:\n  api: {}\nprobes:\n  - name: health\n    steps:\n      \
@@ -346,7 +377,8 @@ fn files_under(dir: &Path) -> Vec<(String, String)> {
         if path.is_dir() {
             out.extend(files_under(&path));
         } else {
-            let text = String::from_utf8_lossy(&std::fs::read(&path).unwrap_or_default()).into_owned();
+            let text =
+                String::from_utf8_lossy(&std::fs::read(&path).unwrap_or_default()).into_owned();
             out.push((path.display().to_string(), text));
         }
     }
@@ -390,9 +422,16 @@ async fn an_echoed_secret_is_scrubbed_from_saved_bodies_logs_and_every_endpoint(
     assert_eq!(step["asserts"][0]["actual"], "\"***\"", "{step:#}");
 
     // The failed step's response body was saved under <probe>/<run-id>/, scrubbed.
-    let saved = step["artifacts"][0].as_str().unwrap_or_default().to_string();
+    let saved = step["artifacts"][0]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     let run_id = run["probes"][0]["id"].as_str().unwrap_or_default();
-    assert_eq!(saved, format!("leaky/{run_id}/search-response.txt"), "{step:#}");
+    assert_eq!(
+        saved,
+        format!("leaky/{run_id}/search-response.txt"),
+        "{step:#}"
+    );
     let on_disk = std::fs::read_to_string(artifacts.join(&saved)).expect("the saved body");
     assert!(on_disk.contains("***"), "{on_disk}");
     let served = agent.get(&format!("/artifacts/{saved}")).await;
@@ -416,7 +455,10 @@ async fn an_echoed_secret_is_scrubbed_from_saved_bodies_logs_and_every_endpoint(
     shown.push((
         "run record".to_string(),
         agent
-            .get(&format!("/api/v1/runs/{}", run["id"].as_str().unwrap_or_default()))
+            .get(&format!(
+                "/api/v1/runs/{}",
+                run["id"].as_str().unwrap_or_default()
+            ))
             .await
             .body
             .clone(),
@@ -434,7 +476,10 @@ async fn an_echoed_secret_is_scrubbed_from_saved_bodies_logs_and_every_endpoint(
     let encoded: String = url::form_urlencoded::byte_serialize(secret.as_bytes()).collect();
     for (what, text) in &shown {
         for value in [secret, encoded.as_str(), TOKEN] {
-            assert!(!text.contains(value), "`{value}` leaked into {what}:\n{text}");
+            assert!(
+                !text.contains(value),
+                "`{value}` leaked into {what}:\n{text}"
+            );
         }
     }
 }
@@ -465,7 +510,9 @@ async fn verify_saves_failed_bodies_scrubbed_of_secrets() {
     run.assert_code(1);
     let saved = files_under(&artifacts);
     assert!(
-        saved.iter().any(|(f, t)| f.ends_with("search-response.txt") && t.contains("***")),
+        saved
+            .iter()
+            .any(|(f, t)| f.ends_with("search-response.txt") && t.contains("***")),
         "no scrubbed search-response.txt in {saved:?}"
     );
     let mut shown = saved;
@@ -474,7 +521,10 @@ async fn verify_saves_failed_bodies_scrubbed_of_secrets() {
     shown.push(("stdout".into(), run.stdout.clone()));
     shown.push(("stderr".into(), run.stderr.clone()));
     for (what, text) in &shown {
-        assert!(!text.contains(secret), "the secret leaked into {what}:\n{text}");
+        assert!(
+            !text.contains(secret),
+            "the secret leaked into {what}:\n{text}"
+        );
     }
 }
 
@@ -487,7 +537,11 @@ fn descendants(pid: u32) -> Vec<u32> {
             break;
         };
         for entry in entries.filter_map(Result::ok) {
-            let Some(child) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            let Some(child) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
                 continue;
             };
             let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
@@ -529,7 +583,12 @@ async fn chromedriver_listens_on_loopback_only() {
     );
     let agent = start_agent(&scratch, &config).await;
     let run = agent.run("{}", Some(TOKEN)).await;
-    assert_eq!(run["probes"][0]["result"], "pass", "{run:#}\n{}", agent.stderr());
+    assert_eq!(
+        run["probes"][0]["result"],
+        "pass",
+        "{run:#}\n{}",
+        agent.stderr()
+    );
 
     let tree = descendants(agent.pid());
     let driver: Vec<u32> = tree
@@ -551,7 +610,11 @@ async fn chromedriver_listens_on_loopback_only() {
             .filter_map(|s| s.split(',').next()?.parse().ok())
             .collect();
         if pids.iter().any(|p| tree.contains(p)) {
-            let local = line.split_whitespace().nth(3).unwrap_or_default().to_string();
+            let local = line
+                .split_whitespace()
+                .nth(3)
+                .unwrap_or_default()
+                .to_string();
             ours.push((local, line.to_string()));
         }
     }
@@ -583,26 +646,34 @@ async fn the_control_api_cannot_add_probes_or_targets() {
     // A config elsewhere that a reload must not pick up.
     scratch.write(
         "evil.yaml",
-        &format!(
-            "probes:\n  - name: evil\n    steps:\n      - request: {{ url: \"{evil}/\" }}\n"
-        ),
+        &format!("probes:\n  - name: evil\n    steps:\n      - request: {{ url: \"{evil}/\" }}\n"),
     );
     let evil_config = scratch.file("evil.yaml").display().to_string();
     let attempts: Vec<(&str, String)> = vec![
         ("/api/v1/runs", r#"{"probes":["evil"]}"#.into()),
         ("/api/v1/runs", format!(r#"{{"url":"{evil}/"}}"#)),
         ("/api/v1/runs", format!(r#"{{"target":"{evil}/"}}"#)),
-        ("/api/v1/runs", format!(r#"{{"probes":["health"],"vars":{{"api":"{evil}"}}}}"#)),
         (
             "/api/v1/runs",
-            format!(r#"{{"probes":[{{"name":"evil","steps":[{{"request":{{"url":"{evil}/"}}}}]}}]}}"#),
+            format!(r#"{{"probes":["health"],"vars":{{"api":"{evil}"}}}}"#),
+        ),
+        (
+            "/api/v1/runs",
+            format!(
+                r#"{{"probes":[{{"name":"evil","steps":[{{"request":{{"url":"{evil}/"}}}}]}}]}}"#
+            ),
         ),
         ("/api/v1/runs", format!(r#"{{"config":"{evil_config}"}}"#)),
         ("/api/v1/verify", r#"{"probes":["evil"]}"#.into()),
-        ("/api/v1/verify", format!(r#"{{"probes":["health"],"url":"{evil}/"}}"#)),
+        (
+            "/api/v1/verify",
+            format!(r#"{{"probes":["health"],"url":"{evil}/"}}"#),
+        ),
         (
             "/hooks/flagger",
-            format!(r#"{{"name":"api","namespace":"prod","metadata":{{"probes":"evil","url":"{evil}/"}}}}"#),
+            format!(
+                r#"{{"name":"api","namespace":"prod","metadata":{{"probes":"evil","url":"{evil}/"}}}}"#
+            ),
         ),
     ];
     for (route, body) in &attempts {
@@ -616,15 +687,28 @@ async fn the_control_api_cannot_add_probes_or_targets() {
     }
     // A reload re-reads the file the agent was started with, whatever the request says.
     let reply = agent
-        .post("/-/reload", &format!(r#"{{"config":"{evil_config}"}}"#), Some(TOKEN))
+        .post(
+            "/-/reload",
+            &format!(r#"{{"config":"{evil_config}"}}"#),
+            Some(TOKEN),
+        )
         .await;
     reply.assert_status(200);
     let status = agent.get("/api/v1/probes").await.assert_status(200).json();
     assert_eq!(common::names(&status["probes"]), ["health"]);
 
-    assert_eq!(hits.load(Ordering::SeqCst), 0, "a request reached the other target");
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        0,
+        "a request reached the other target"
+    );
     let text = agent.metrics().await;
-    assert_eq!(total(&text, "probe_runs_total"), 0.0, "{}", family(&text, "probe_runs_total"));
+    assert_eq!(
+        total(&text, "probe_runs_total"),
+        0.0,
+        "{}",
+        family(&text, "probe_runs_total")
+    );
     assert!(!text.contains("probe=\"evil\""), "{text}");
     let record: Value = agent.run(r#"{"probes":["health"]}"#, Some(TOKEN)).await;
     assert_eq!(record["probes"][0]["result"], "pass", "{record:#}");

@@ -189,7 +189,10 @@ impl AgentState {
         for setting in &restart_needed {
             tracing::warn!(setting = %setting, "Config reload kept the running value of a setting that needs a restart.");
         }
-        Ok(Reloaded { probes: count, restart_needed })
+        Ok(Reloaded {
+            probes: count,
+            restart_needed,
+        })
     }
 
     /// Starts a run of `probe` now (API or hook).
@@ -222,15 +225,24 @@ pub struct Reloaded {
 fn keep_startup_settings(next: &mut Config, running: &Config) -> Vec<String> {
     let mut changed = Vec::new();
     if next.agent.listen != running.agent.listen {
-        changed.push(format!("agent.listen ({} → {})", running.agent.listen, next.agent.listen));
+        changed.push(format!(
+            "agent.listen ({} → {})",
+            running.agent.listen, next.agent.listen
+        ));
         next.agent.listen = running.agent.listen;
     }
     if next.agent.location != running.agent.location {
-        changed.push(format!("agent.location ({} → {})", running.agent.location, next.agent.location));
+        changed.push(format!(
+            "agent.location ({} → {})",
+            running.agent.location, next.agent.location
+        ));
         next.agent.location.clone_from(&running.agent.location);
     }
     if next.agent.max_concurrency != running.agent.max_concurrency {
-        changed.push(format!("agent.max_concurrency ({} → {})", running.agent.max_concurrency, next.agent.max_concurrency));
+        changed.push(format!(
+            "agent.max_concurrency ({} → {})",
+            running.agent.max_concurrency, next.agent.max_concurrency
+        ));
         next.agent.max_concurrency = running.agent.max_concurrency;
     }
     if next.browser_settings_differ(running) {

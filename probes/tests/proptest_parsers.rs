@@ -94,7 +94,17 @@ fn assertion_shaped() -> impl Strategy<Value = String> {
         ]),
         prop::bool::ANY,
         prop::sample::select(vec![
-            "==", "!=", "<", "<=", ">", ">=", "contains", "matches", "in", "exists", "not exists",
+            "==",
+            "!=",
+            "<",
+            "<=",
+            ">",
+            ">=",
+            "contains",
+            "matches",
+            "in",
+            "exists",
+            "not exists",
         ]),
         prop::sample::select(vec![
             "200",

@@ -108,10 +108,13 @@ pub struct FlaggerPayload {
     pub metadata: HashMap<String, String>,
 }
 
+/// The answer to one Flagger verification, filled in when it is known.
+type Answer = Arc<tokio::sync::Mutex<Option<(StatusCode, String)>>>;
+
 /// Flagger checksums under verification, each with its eventual answer.
 #[derive(Debug, Default)]
 pub struct InProgress {
-    running: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<(StatusCode, String)>>>>>,
+    running: Mutex<HashMap<String, Answer>>,
 }
 
 /// `POST /hooks/flagger`

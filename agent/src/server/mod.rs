@@ -116,6 +116,10 @@ pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
 
 /// 503 once the agent is shutting down (or not yet ready): no new runs are accepted then.
 pub fn refuse_when_stopping(state: &Shared) -> Option<Response> {
-    (!state.ready.load(Ordering::SeqCst))
-        .then(|| error(StatusCode::SERVICE_UNAVAILABLE, "the agent is shutting down (or starting): no new runs are accepted"))
+    (!state.ready.load(Ordering::SeqCst)).then(|| {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the agent is shutting down (or starting): no new runs are accepted",
+        )
+    })
 }
