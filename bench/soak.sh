@@ -48,12 +48,13 @@ start_agent "$WORK/soak.yaml"
 # (builds, test suites) the scheduler then competes less for a core, which is what the lag goal
 # assumes. Default: no change.
 if [ -n "${PRIORITY:-}" ]; then
+  # A thread may end between the listing and renice: not an error.
   for task in /proc/"$AGENT_PID"/task/* /proc/"$NGINX_PID"/task/*; do
-    renice -n "$PRIORITY" -p "${task##*/}" > /dev/null
+    renice -n "$PRIORITY" -p "${task##*/}" > /dev/null 2>&1 || true
   done
-  for pid in $(pgrep -P "$NGINX_PID"); do renice -n "$PRIORITY" -p "$pid" > /dev/null; done
+  for pid in $(pgrep -P "$NGINX_PID" || true); do renice -n "$PRIORITY" -p "$pid" > /dev/null 2>&1 || true; done
 fi
-curl -sf "$AGENT/api/v1/probes" > "$WORK/probes.json"
+curl -sSf "$AGENT/api/v1/probes" > "$WORK/probes.json"
 echo "patrol: $PROBES probes every ${EVERY}s against nginx ($((PROBES / EVERY)) runs/s); window ${DURATION}s"
 
 now() { date +%s.%N; }

@@ -428,7 +428,10 @@ async fn reload_applies_a_good_config_and_refuses_a_bad_one() {
     scratch.write("patrol.yaml", &v2);
     let reply = agent.post("/-/reload", "", Some(TOKEN)).await;
     reply.assert_status(200);
-    assert_eq!(reply.json(), json!({"result": "success", "probes": 2}));
+    assert_eq!(
+        reply.json(),
+        json!({"result": "success", "probes": 2, "restart_needed": []})
+    );
     assert_metric(
         &agent.metrics().await,
         r#"patrol_config_reload_total{result="success"}"#,

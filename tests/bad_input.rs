@@ -299,6 +299,9 @@ fn validate(path: &Path) -> (Option<i32>, String) {
     (status.code(), stderr)
 }
 
+/// Generated configs that validated (exit 0), for the tests' summary lines.
+static VALID: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// The property: validate exits 0 or 2, never panics, and an exit 2 lists errors as
 /// `file:line:col: error: message` with the line inside the file.
 fn check_validate(scratch: &Scratch, text: &[u8]) -> Result<(), TestCaseError> {
@@ -319,6 +322,9 @@ fn check_validate(scratch: &Scratch, text: &[u8]) -> Result<(), TestCaseError> {
         shown()
     );
     prop_assert!(!stderr.contains("panicked"), "{}", shown());
+    if code == Some(0) {
+        VALID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
     if code == Some(2) {
         let file = path.display().to_string();
         let line_count = text.split(|b| *b == b'\n').count();
@@ -357,6 +363,11 @@ fn validate_survives_mutated_configs() {
     runner()
         .run(&mutated_config(), |text| check_validate(&scratch, &text))
         .unwrap_or_else(|e| panic!("{e}"));
+    // Shown with --nocapture; the rest were refused with file:line:col errors.
+    eprintln!(
+        "valid so far: {} (of {CASES} per property)",
+        VALID.load(std::sync::atomic::Ordering::Relaxed)
+    );
 }
 
 #[test]
@@ -365,6 +376,11 @@ fn validate_survives_generated_configs() {
     runner()
         .run(&generated_config(), |text| check_validate(&scratch, &text))
         .unwrap_or_else(|e| panic!("{e}"));
+    // Shown with --nocapture; the rest were refused with file:line:col errors.
+    eprintln!(
+        "valid so far: {} (of {CASES} per property)",
+        VALID.load(std::sync::atomic::Ordering::Relaxed)
+    );
 }
 
 #[test]

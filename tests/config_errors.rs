@@ -132,12 +132,15 @@ async fn a_valid_config_validates() {
     let run = Patrol::new(["validate", "--config"])
         .arg_path(&example)
         .env("SMOKE_PASSWORD", "set-for-this-test")
+        .env("DB_PASSWORD", "set-for-this-test")
+        .env("PATROL_API_TOKEN", "set-for-this-test")
+        .env("REDIS_PASSWORD", "set-for-this-test")
         .run()
         .await;
     run.assert_code(0);
     assert!(
         run.stdout
-            .ends_with(": ok — 5 probes (5 scheduled), 3 vars\n"),
+            .ends_with(": ok — 12 probes (12 scheduled), 7 vars\n"),
         "{}",
         run.output()
     );

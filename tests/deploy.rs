@@ -199,9 +199,14 @@ fn products(ms: u64, fault: Fault) -> Fault {
 /// A deploy scenario: the shop's `/api/products` takes [`BASE_MS`]; the agent runs `catalog`
 /// every 250 ms until it has 30 runs (so that p95, the 29th of 30, is not one slow outlier); at
 /// the deploy moment the route's fault becomes `after`; then `POST /api/v1/verify` judges 6
-/// post-deploy runs. Returns the answer, the deploy moment and what must stay alive.
-async fn deploy_scenario(after: Fault) -> (Value, i64, Agent, Shop, Scratch) {
-    let _turn = TIMING.write().await;
+/// post-deploy runs. Returns the answer, the deploy moment and what must stay alive. `alone`:
+/// whether the verdict depends on latencies (see [`TIMING`]).
+async fn deploy_scenario(after: Fault, alone: bool) -> (Value, i64, Agent, Shop, Scratch) {
+    let (_alone, _shared) = if alone {
+        (Some(TIMING.write().await), None)
+    } else {
+        (None, Some(TIMING.read().await))
+    };
     let shop = shop().await;
     shop.faults().set(products(BASE_MS, Fault::default()));
     let scratch = Scratch::new();
@@ -247,7 +252,7 @@ async fn assert_baseline_ends_at_the_deploy(agent: &Agent, answer: &Value, at: i
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_healthy_deploy_passes() {
     let (answer, at, agent, _shop, _scratch) =
-        deploy_scenario(products(BASE_MS, Fault::default())).await;
+        deploy_scenario(products(BASE_MS, Fault::default()), true).await;
     assert_eq!(answer["verdict"], "pass", "{answer:#}");
     assert_eq!(answer["details"]["verdict"], "pass");
     assert_baseline_ends_at_the_deploy(&agent, &answer, at).await;
@@ -283,7 +288,7 @@ async fn a_healthy_deploy_passes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eighty_percent_slower_fails_with_the_latency_reason_naming_both_p95s() {
     let (answer, at, agent, _shop, _scratch) =
-        deploy_scenario(products(BASE_MS * 18 / 10, Fault::default())).await;
+        deploy_scenario(products(BASE_MS * 18 / 10, Fault::default()), true).await;
     assert_eq!(answer["verdict"], "fail", "{answer:#}");
     assert_baseline_ends_at_the_deploy(&agent, &answer, at).await;
     let numbers = &answer["details"]["probes"]["catalog"];
@@ -332,14 +337,17 @@ async fn eighty_percent_slower_fails_with_the_latency_reason_naming_both_p95s() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_error_fault_fails_with_the_error_rate_reason() {
-    let (answer, _at, _agent, _shop, _scratch) = deploy_scenario(products(
-        BASE_MS,
-        Fault {
-            status: Some(500),
-            error_rate: 1.0,
-            ..Fault::default()
-        },
-    ))
+    let (answer, _at, _agent, _shop, _scratch) = deploy_scenario(
+        products(
+            BASE_MS,
+            Fault {
+                status: Some(500),
+                error_rate: 1.0,
+                ..Fault::default()
+            },
+        ),
+        false,
+    )
     .await;
     assert_eq!(answer["verdict"], "fail", "{answer:#}");
     assert_eq!(answer["error_rates"]["catalog"], 100.0);
@@ -357,7 +365,7 @@ async fn an_error_fault_fails_with_the_error_rate_reason() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_percent_slower_passes() {
     let (answer, _at, _agent, _shop, _scratch) =
-        deploy_scenario(products(BASE_MS * 11 / 10, Fault::default())).await;
+        deploy_scenario(products(BASE_MS * 11 / 10, Fault::default()), true).await;
     assert_eq!(answer["verdict"], "pass", "{answer:#}");
     let numbers = &answer["details"]["probes"]["catalog"];
     assert!(

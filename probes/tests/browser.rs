@@ -784,8 +784,10 @@ async fn an_unreachable_page_is_an_error_naming_the_network_failure() {
     env.finish().await;
 }
 
-/// Not a test: the benchmark behind BENCHMARKS.md's browser line. Run with
-/// `cargo test --release -p patrol-probes --test browser -- --ignored --nocapture`.
+/// Not a test: the browser benchmark (a six-step probe on the local shop, chromedriver
+/// warm, runs 5 s apart as scheduled runs are; median wall time). Run with
+/// `cargo test --release -p patrol-probes --test browser bench -- --ignored --nocapture`;
+/// `PATROL_BENCH_RUNS` sets the number of runs (20).
 #[tokio::test]
 #[ignore = "benchmark"]
 async fn bench_six_step_probe_with_warm_chromedriver() {

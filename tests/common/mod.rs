@@ -418,6 +418,9 @@ pub fn normalise_console(text: &str, shop: &Shop) -> String {
     /// Two spaces of separator plus an 8-wide field.
     const COLUMN: usize = 10;
     let text = text.replace(&shop.addr().to_string(), "<shop>");
+    // Artifact paths carry the run's random id.
+    let run_id = regex::Regex::new(r"/[0-9a-f]{32}/").expect("a valid regex");
+    let text = run_id.replace_all(&text, "/<run-id>/").into_owned();
     let duration =
         regex::Regex::new(r"( +)(\d+(?:\.\d+)?(?:ms|s)|\d+m \d+s)\b").expect("a valid regex");
     duration
