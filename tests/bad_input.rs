@@ -12,6 +12,7 @@ mod common;
 use std::io::Write as _;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{Agent, Patrol, Scratch, http};
@@ -299,12 +300,13 @@ fn validate(path: &Path) -> (Option<i32>, String) {
     (status.code(), stderr)
 }
 
-/// Generated configs that validated (exit 0), for the tests' summary lines.
-static VALID: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
 /// The property: validate exits 0 or 2, never panics, and an exit 2 lists errors as
 /// `file:line:col: error: message` with the line inside the file.
-fn check_validate(scratch: &Scratch, text: &[u8]) -> Result<(), TestCaseError> {
+fn check_validate(
+    scratch: &Scratch,
+    text: &[u8],
+    valid: &AtomicUsize,
+) -> Result<(), TestCaseError> {
     let path = scratch.file("fuzz.yaml");
     std::fs::File::create(&path)
         .and_then(|mut f| f.write_all(text))
@@ -323,7 +325,7 @@ fn check_validate(scratch: &Scratch, text: &[u8]) -> Result<(), TestCaseError> {
     );
     prop_assert!(!stderr.contains("panicked"), "{}", shown());
     if code == Some(0) {
-        VALID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        valid.fetch_add(1, Ordering::Relaxed);
     }
     if code == Some(2) {
         let file = path.display().to_string();
@@ -360,27 +362,27 @@ fn check_validate(scratch: &Scratch, text: &[u8]) -> Result<(), TestCaseError> {
 #[test]
 fn validate_survives_mutated_configs() {
     let scratch = Scratch::new();
+    let valid = AtomicUsize::new(0);
     runner()
-        .run(&mutated_config(), |text| check_validate(&scratch, &text))
+        .run(&mutated_config(), |text| {
+            check_validate(&scratch, &text, &valid)
+        })
         .unwrap_or_else(|e| panic!("{e}"));
-    // Shown with --nocapture; the rest were refused with file:line:col errors.
-    eprintln!(
-        "valid so far: {} (of {CASES} per property)",
-        VALID.load(std::sync::atomic::Ordering::Relaxed)
-    );
+    // Shown with --nocapture; the others were refused with file:line:col errors.
+    eprintln!("{} of {CASES} configs were valid", valid.into_inner());
 }
 
 #[test]
 fn validate_survives_generated_configs() {
     let scratch = Scratch::new();
+    let valid = AtomicUsize::new(0);
     runner()
-        .run(&generated_config(), |text| check_validate(&scratch, &text))
+        .run(&generated_config(), |text| {
+            check_validate(&scratch, &text, &valid)
+        })
         .unwrap_or_else(|e| panic!("{e}"));
-    // Shown with --nocapture; the rest were refused with file:line:col errors.
-    eprintln!(
-        "valid so far: {} (of {CASES} per property)",
-        VALID.load(std::sync::atomic::Ordering::Relaxed)
-    );
+    // Shown with --nocapture; the others were refused with file:line:col errors.
+    eprintln!("{} of {CASES} configs were valid", valid.into_inner());
 }
 
 #[test]
@@ -394,13 +396,13 @@ fn validate_survives_files_that_are_not_text() {
         &[b'['; 10_000],
         &[b'-'; 10_000],
     ] {
-        if let Err(e) = check_validate(&scratch, text) {
+        if let Err(e) = check_validate(&scratch, text, &AtomicUsize::new(0)) {
             panic!("{e}");
         }
     }
     // Deep nesting must not overflow the stack.
     let deep = format!("{}1{}", "[".repeat(50_000), "]".repeat(50_000));
-    if let Err(e) = check_validate(&scratch, deep.as_bytes()) {
+    if let Err(e) = check_validate(&scratch, deep.as_bytes(), &AtomicUsize::new(0)) {
         panic!("{e}");
     }
 }
@@ -589,7 +591,7 @@ fn random_bodies_to_the_run_api_never_get_a_server_error() {
             format!("{{{}}}", inner.join(",")).into_bytes()
         }),
     ];
-    let served = std::sync::atomic::AtomicUsize::new(0);
+    let served = AtomicUsize::new(0);
     runner()
         .run(&body, |body| {
             let headers = [
@@ -611,7 +613,7 @@ fn random_bodies_to_the_run_api_never_get_a_server_error() {
                 reply.body
             );
             if reply.status == 202 {
-                served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                served.fetch_add(1, Ordering::Relaxed);
             }
             Ok(())
         })
