@@ -24,6 +24,8 @@ python3 - "$WORK/rss.tsv" << 'PY'
 import sys
 rows = [list(map(int, l.split())) for l in open(sys.argv[1])]
 def slope(rows):
+    if len(rows) < 2:
+        return float("nan")
     t = [r[0] / 60 for r in rows]; y = [r[1] for r in rows]
     mt, my = sum(t) / len(t), sum(y) / len(y)
     return sum((a - mt) * (b - my) for a, b in zip(t, y)) / sum((a - mt) ** 2 for a in t)

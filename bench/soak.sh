@@ -28,7 +28,8 @@
 # scrape closes the books.
 #
 # Environment: PROBES, EVERY, DURATION, WARMUP, SAMPLE, PREFILL, PRIORITY (a nice value for the
-# agent and nginx), the goals RSS_GROWTH_PCT, FD_GROWTH, LAG_P99_MS, and common.sh's NO_BUILD.
+# agent and nginx), the goals RSS_GROWTH_PCT, FD_GROWTH, LAG_P99_MS, and common.sh's NO_BUILD,
+# BIN_DIR and AGENT_PREFIX (e.g. AGENT_PREFIX="chrt -f 10": the agent at real-time priority).
 NO_SHOP=1 source "$(dirname "$0")/common.sh"
 PROBES="${PROBES:-2000}"
 EVERY="${EVERY:-10}"
@@ -114,7 +115,7 @@ sleep 3
 curl -sf "$AGENT/metrics" > "$WORK/m1.txt"
 read -r rss_end _ < <(rss_kib "$AGENT_PID")
 
-echo "command: PROBES=$PROBES EVERY=$EVERY DURATION=$DURATION WARMUP=$WARMUP PREFILL=$PREFILL${PRIORITY:+ PRIORITY=$PRIORITY} bench/soak.sh"
+echo "command: PROBES=$PROBES EVERY=$EVERY DURATION=$DURATION WARMUP=$WARMUP PREFILL=$PREFILL${PRIORITY:+ PRIORITY=$PRIORITY}${AGENT_PREFIX:+ AGENT_PREFIX=\"$AGENT_PREFIX\"} bench/soak.sh"
 python3 - "$WORK" "$PROBES" "$EVERY" "$t0a" "$t0b" "$t1a" "$t1b" "$RSS_GROWTH_PCT" "$FD_GROWTH" \
   "$LAG_P99_MS" "$CLK_TCK" "$(cpu_ticks "$AGENT_PID")" "$rss_end" \
   "$((PREFILL > 0 ? PREFILL * PROBES + 100 : 0))" << 'PY'

@@ -106,7 +106,8 @@ impl Dial {
         let elapsed = self.started.elapsed().as_secs_f64();
         self.fail(
             FailureKind::Timeout,
-            format!("timed out after {elapsed:.3}s {doing}"),
+            // Tenths: the budget the user set, not the microseconds spent before the send began.
+            format!("timed out after {elapsed:.1}s {doing}"),
         )
     }
 
