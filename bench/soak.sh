@@ -10,12 +10,12 @@
 #   patrol_scheduler_lag_seconds buckets up to 5 ms;
 # - no result dropped: every run started produced exactly one counted result (probe_runs_total
 #   equals the fires, patrol_scheduler_lag_seconds_count, plus the prefill's on-demand runs, once
-#   the agent is drained), and the fires
-#   plus the overlaps counted in patrol_runs_skipped_total equal the runs the schedule calls
-#   for in the window — computed here from the schedule itself (Patrol's epoch-aligned grid,
-#   offset per probe by FNV-1a + murmur mix of the name, as in agent/src/scheduler.rs) and the
-#   wall-clock window; only slots within ~0.3 s of the window's two edges are uncertain, and the
-#   check allows exactly those;
+#   the agent is drained), and the fires plus the overlaps counted in patrol_runs_skipped_total
+#   equal the runs the schedule calls for in the window — computed here from the schedule itself
+#   (Patrol's epoch-aligned grid, offset per probe by FNV-1a + murmur mix of the name, as in
+#   agent/src/scheduler.rs, checked against every probe's next_run) and the wall-clock window;
+#   only slots within ~0.3 s of the window's two edges are uncertain, and the check allows
+#   exactly those;
 # - every run passed (nginx on loopback never fails; a failure would be the agent's fault).
 #
 # How: before the window the agent's bounded stores are filled, so what is measured is steady
@@ -27,8 +27,10 @@
 # stops the schedule without dropping any series, and once runs in flight are done the last
 # scrape closes the books.
 #
-# Environment: PROBES, EVERY, DURATION, WARMUP, SAMPLE, PREFILL, PRIORITY (a nice value for the
-# agent and nginx), the goals RSS_GROWTH_PCT, FD_GROWTH, LAG_P99_MS, and common.sh's NO_BUILD,
+# Environment: PROBES, EVERY, DURATION, WARMUP, SAMPLE, PREFILL, SCRAPE (scrape /metrics every
+# SCRAPE seconds in the window; default only its two), PRIORITY (a nice value for the
+# agent and nginx), the goals RSS_GROWTH_PCT, FD_GROWTH, LAG_P99_MS (a bucket bound of the lag
+# histogram: 0.5, 1, 2.5, 5, 10… ms), and common.sh's NO_BUILD,
 # BIN_DIR and AGENT_PREFIX (e.g. AGENT_PREFIX="chrt -f 10": the agent at real-time priority).
 NO_SHOP=1 source "$(dirname "$0")/common.sh"
 PROBES="${PROBES:-2000}"
@@ -94,6 +96,14 @@ alive
 t0a=$(now)
 curl -sf "$AGENT/metrics" > "$WORK/m0.txt"
 t0b=$(now)
+# SCRAPE=15 scrapes /metrics every 15 s in the window, as Prometheus would.
+if [ "${SCRAPE:-0}" -gt 0 ]; then
+  (
+    while sleep "$SCRAPE"; do curl -sf "$AGENT/metrics" -o /dev/null || exit 0; done
+  ) &
+  SCRAPER=$!
+  PIDS+=("$SCRAPER")
+fi
 : > "$WORK/samples.tsv"
 end=$(python3 -c "print($t0a + $DURATION)")
 for ((i = 0; ; i++)); do
@@ -106,6 +116,7 @@ for ((i = 0; ; i++)); do
 done
 
 # Stop the schedule (same probes, none scheduled: every series stays), drain, read the books.
+if [ -n "${SCRAPER:-}" ]; then kill "$SCRAPER" 2> /dev/null || true; fi
 probes_config "$WORK/soak.yaml" "$PROBES" none 1 "$NGINX/"
 t1a=$(now)
 curl -sf -X POST "$AGENT/-/reload" > "$WORK/reload.json"
@@ -115,7 +126,7 @@ sleep 3
 curl -sf "$AGENT/metrics" > "$WORK/m1.txt"
 read -r rss_end _ < <(rss_kib "$AGENT_PID")
 
-echo "command: PROBES=$PROBES EVERY=$EVERY DURATION=$DURATION WARMUP=$WARMUP PREFILL=$PREFILL${PRIORITY:+ PRIORITY=$PRIORITY}${AGENT_PREFIX:+ AGENT_PREFIX=\"$AGENT_PREFIX\"} bench/soak.sh"
+echo "command: PROBES=$PROBES EVERY=$EVERY DURATION=$DURATION WARMUP=$WARMUP PREFILL=$PREFILL${SCRAPE:+ SCRAPE=$SCRAPE}${PRIORITY:+ PRIORITY=$PRIORITY}${AGENT_PREFIX:+ AGENT_PREFIX=\"$AGENT_PREFIX\"} bench/soak.sh"
 python3 - "$WORK" "$PROBES" "$EVERY" "$t0a" "$t0b" "$t1a" "$t1b" "$RSS_GROWTH_PCT" "$FD_GROWTH" \
   "$LAG_P99_MS" "$CLK_TCK" "$(cpu_ticks "$AGENT_PID")" "$rss_end" \
   "$((PREFILL > 0 ? PREFILL * PROBES + 100 : 0))" << 'PY'

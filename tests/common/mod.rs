@@ -8,6 +8,8 @@
 //!   [`Reply`], [`metric`], [`eventually`]
 //! - reading: [`probe`], [`step`], [`names`], [`parse_junit`], [`millis`]
 //! - golden files: [`normalise_console`], [`assert_golden`]
+//! - fault fixtures: [`verify_config`] (any target), [`RawServer`] (a raw TCP server),
+//!   [`read_request_head`], [`reset`] (close with an RST)
 
 // Each test file uses a different subset of these helpers.
 #![allow(dead_code)]

@@ -153,7 +153,15 @@ mod tests {
             .arg(&marker)
             .spawn()
             .expect("sh runs");
-        assert_eq!(matching(&marker), vec![child.id()]);
+        // `spawn` returns once the child called `execve`, but the kernel fills in the new
+        // command line a moment later: poll briefly instead of reading it once.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let mut found = matching(&marker);
+        while found.is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+            found = matching(&marker);
+        }
+        assert_eq!(found, vec![child.id()]);
         kill_matching_blocking(&marker, Duration::from_secs(2));
         let status = child.wait().expect("reaped");
         assert!(!status.success());
