@@ -4,7 +4,9 @@
 //! validation refuses such a probe name; artifact paths cannot leave `artifacts_dir` (`..`,
 //! encoded `..`, absolute paths, symlinks out); a secret echoed by the target is scrubbed from
 //! the saved response body, the debug log, metrics, API and page; chromedriver listens on
-//! loopback only; and the control API cannot add probes or point one at another target.
+//! loopback only; the control API cannot add probes or point one at another target; a
+//! token-less agent refuses rebound `Host` names and POSTs from web pages; and `-v` neither
+//! shows part of a secret at its 4 KiB cut nor passes a target's control characters through.
 //!
 //! SECURITY.md at the workspace root describes each protection; these tests prove them.
 
@@ -713,4 +715,149 @@ async fn the_control_api_cannot_add_probes_or_targets() {
     let record: Value = agent.run(r#"{"probes":["health"]}"#, Some(TOKEN)).await;
     assert_eq!(record["probes"][0]["result"], "pass", "{record:#}");
     assert_eq!(hits.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tokenless_agent_refuses_rebound_names_and_posts_from_web_pages() {
+    let (target, hits) = counting_target().await;
+    let scratch = Scratch::new();
+    let config = format!(
+        "probes:\n  - name: health\n    steps:\n      - name: get\n        \
+         request: {{ url: \"{}/\" }}\n        assert: [ status == 200 ]\n",
+        target.url()
+    );
+    let path = scratch.write("patrol.yaml", &config);
+    let agent = Patrol::agent(&path)
+        .current_dir(scratch.path())
+        .env_remove("PATROL_API_TOKEN")
+        .start()
+        .await;
+    let port = agent.addr.port();
+    let rebound = format!("evil.example:{port}");
+    let body = br#"{"probes":["health"]}"#.to_vec();
+    let json = ("content-type", "application/json");
+
+    // A page that pointed its own name at 127.0.0.1 can neither read nor post.
+    for route in [
+        "/",
+        "/api/v1/probes",
+        "/api/v1/probes/health/runs",
+        "/metrics",
+    ] {
+        let reply = http(agent.addr, "GET", route, &[("host", &rebound)], Vec::new()).await;
+        assert_eq!(reply.status, 403, "GET {route}: {}", reply.body);
+        assert!(reply.body.contains("DNS rebinding"), "{}", reply.body);
+        assert!(
+            !reply.body.contains("health"),
+            "GET {route} showed the probe"
+        );
+    }
+    let reply = http(
+        agent.addr,
+        "POST",
+        "/api/v1/runs",
+        &[("host", &rebound), json],
+        body.clone(),
+    )
+    .await;
+    assert_eq!(reply.status, 403, "{}", reply.body);
+    // A form or fetch from another origin, even addressed to 127.0.0.1, is refused.
+    for origin in ["http://evil.example", "null", "http://127.0.0.1.nip.io"] {
+        let reply = http(
+            agent.addr,
+            "POST",
+            "/api/v1/runs",
+            &[("origin", origin), json],
+            body.clone(),
+        )
+        .await;
+        assert_eq!(reply.status, 403, "Origin {origin}: {}", reply.body);
+        assert!(reply.body.contains("api_token"), "{}", reply.body);
+    }
+    assert_eq!(hits.load(Ordering::SeqCst), 0, "a refused request probed");
+    let text = agent.metrics().await;
+    assert_eq!(total(&text, "probe_runs_total"), 0.0);
+
+    // Loopback names, loopback origins and clients that send no Origin are served.
+    let local = format!("localhost:{port}");
+    let reply = http(
+        agent.addr,
+        "GET",
+        "/api/v1/probes",
+        &[("host", &local)],
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let origin = format!("http://localhost:{port}");
+    let reply = http(
+        agent.addr,
+        "POST",
+        "/api/v1/runs",
+        &[("origin", &origin), json],
+        body.clone(),
+    )
+    .await;
+    assert!(reply.status < 300, "{}: {}", reply.status, reply.body);
+    let record = agent.run(r#"{"probes":["health"]}"#, None).await;
+    assert_eq!(record["probes"][0]["result"], "pass", "{record:#}");
+    common::eventually(
+        "both runs to reach the target",
+        Duration::from_secs(10),
+        async || (hits.load(Ordering::SeqCst) == 2).then_some(()),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verbose_output_masks_a_secret_at_the_cut_and_escapes_control_characters() {
+    let secret = "sek-straddle-5f1d2c";
+    // A terminal escape sequence (set the window title), then 4,090 bytes in all, then the
+    // secret across the 4 KiB cut.
+    let body = format!("\u{1b}]0;owned\u{7}{}{secret}", "x".repeat(4080));
+    let target = RawServer::start(move |mut stream: TcpStream| {
+        let body = body.clone();
+        async move {
+            read_request_head(&mut stream).await;
+            let reply = format!(
+                "HTTP/1.1 500 Oops\r\nContent-Length: {}\r\n\
+                 Connection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(reply.as_bytes()).await;
+        }
+    })
+    .await;
+    let scratch = Scratch::new();
+    let config = format!(
+        "vars:\n  key: \"{{{{ env.PATROL_TEST_SECRET }}}}\"\nprobes:\n  - name: echo\n    steps:\n      \
+         - name: get\n        request:\n          url: \"{}/\"\n          headers: {{ X-Key: \"{{{{ key }}}}\" }}\n        \
+         assert: [ status == 200 ]\n",
+        target.url()
+    );
+    let path = scratch.write("patrol.yaml", &config);
+    let run = Patrol::new(["verify", "-v", "--config"])
+        .arg_path(&path)
+        .current_dir(scratch.path())
+        .env("PATROL_TEST_SECRET", secret)
+        .run()
+        .await;
+    run.assert_code(1);
+    let shown = format!("{}{}", run.stdout, run.stderr);
+    assert!(
+        shown.contains("xxxxxxxx***"),
+        "the cut body is not shown:\n{shown}"
+    );
+    assert!(
+        !shown.contains("sek-"),
+        "part of the secret is shown:\n{shown}"
+    );
+    assert!(
+        !shown.contains('\u{1b}') && !shown.contains('\u{7}'),
+        "raw control characters reach the terminal"
+    );
+    assert!(
+        shown.contains("\\u{1b}]0;owned\\u{7}xxx"),
+        "the escape sequence is not shown escaped:\n{shown}"
+    );
 }

@@ -261,6 +261,40 @@ impl Masker {
             *text = self.mask(text);
         }
     }
+
+    /// The longest spelling of a secret, in bytes: how far past a cut a secret that starts
+    /// before it can reach.
+    pub fn longest(&self) -> usize {
+        self.secrets.first().map_or(0, String::len)
+    }
+
+    /// At most the first `max_bytes` of `text` (cut at a character boundary), masked: a secret
+    /// that starts before the cut is replaced whole, so no part of it is ever shown, even when
+    /// it straddles the cut. `text` must reach [`Masker::longest`] bytes past the cut for
+    /// that (or be whole).
+    pub fn mask_prefix(&self, text: &str, max_bytes: usize) -> String {
+        if text.len() <= max_bytes {
+            return self.mask(text);
+        }
+        let mut out = String::with_capacity(max_bytes + Self::MASK.len());
+        let mut at = 0;
+        while at < max_bytes {
+            let rest = &text[at..];
+            // Longest first, as in `mask`.
+            if let Some(secret) = self.secrets.iter().find(|s| rest.starts_with(s.as_str())) {
+                out.push_str(Self::MASK);
+                at += secret.len();
+                continue;
+            }
+            let Some(c) = rest.chars().next() else { break };
+            if at + c.len_utf8() > max_bytes {
+                break;
+            }
+            out.push(c);
+            at += c.len_utf8();
+        }
+        out
+    }
 }
 
 /// A value visible to templates, remembering whether it is secret.
@@ -512,6 +546,26 @@ mod tests {
             m.mask("q=a+b%26%22c p=a%20b%26%22c j={\"k\":\"a b&\\\"c\"}"),
             "q=*** p=*** j={\"k\":\"***\"}"
         );
+    }
+
+    #[test]
+    fn a_prefix_never_shows_part_of_a_secret_that_straddles_the_cut() {
+        let m = Masker::new(["s3cr3t-value".to_string()]);
+        let text = format!("{}s3cr3t-value and more", "x".repeat(10));
+        for cut in 0..text.len() + 2 {
+            let shown = m.mask_prefix(&text, cut);
+            assert!(!shown.contains("s3c"), "cut {cut}: {shown}");
+            assert!(
+                shown.len() <= cut.max(10 + Masker::MASK.len()),
+                "cut {cut}: {shown}"
+            );
+        }
+        assert_eq!(m.mask_prefix(&text, 12), "xxxxxxxxxx***");
+        assert_eq!(m.mask_prefix(&text, 10), "xxxxxxxxxx");
+        assert_eq!(m.mask_prefix(&text, 100), "xxxxxxxxxx*** and more");
+        // A cut inside a multi-byte character keeps the text valid.
+        assert_eq!(Masker::default().mask_prefix("aé", 2), "a");
+        assert_eq!(m.longest(), "s3cr3t-value".len());
     }
 
     #[test]

@@ -658,10 +658,15 @@ pub async fn http(
         let mut stream = tokio::net::TcpStream::connect(addr)
             .await
             .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
-        let mut head = format!(
-            "{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-length: {}\r\n",
+        // A `host` in `headers` replaces the default one.
+        let mut head = format!("{method} {path} HTTP/1.1\r\n");
+        if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
+            head.push_str(&format!("host: {addr}\r\n"));
+        }
+        head.push_str(&format!(
+            "connection: close\r\ncontent-length: {}\r\n",
             body.len()
-        );
+        ));
         for (name, value) in headers {
             head.push_str(&format!("{name}: {value}\r\n"));
         }

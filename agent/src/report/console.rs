@@ -1,6 +1,7 @@
 //! The console report: each probe and step with result and duration, every failing assertion
 //! with actual vs expected, and with `-v` the request and response of each step.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 
 use patrol_probes::result::{Outcome, ProbeResult, StepResult};
@@ -119,7 +120,7 @@ fn render_step(out: &mut String, step: &StepResult, width: usize, style: Style) 
         }
     }
     if let Some(e) = &step.error {
-        let _ = writeln!(out, "{pad}{e}");
+        let _ = writeln!(out, "{pad}{}", printable(e));
     }
     for artifact in &step.artifacts {
         let _ = writeln!(out, "{pad}saved {artifact}");
@@ -134,21 +135,44 @@ fn render_step(out: &mut String, step: &StepResult, width: usize, style: Style) 
             let _ = writeln!(out, "{pad}phases: {}", phases.join(", "));
         }
         if let Some(x) = &step.exchange {
-            let _ = writeln!(out, "{pad}> {}", x.request_line);
+            let _ = writeln!(out, "{pad}> {}", printable(&x.request_line));
             for (n, v) in &x.request_headers {
-                let _ = writeln!(out, "{pad}> {n}: {v}");
+                let _ = writeln!(out, "{pad}> {}: {}", printable(n), printable(v));
             }
             if let Some(b) = &x.request_body {
-                let _ = writeln!(out, "{pad}> {}", b.replace('\n', &format!("\n{pad}> ")));
+                let body = printable(b).replace('\n', &format!("\n{pad}> "));
+                let _ = writeln!(out, "{pad}> {body}");
             }
             for (n, v) in &x.response_headers {
-                let _ = writeln!(out, "{pad}< {n}: {v}");
+                let _ = writeln!(out, "{pad}< {}: {}", printable(n), printable(v));
             }
             if let Some(b) = &x.response_body {
-                let _ = writeln!(out, "{pad}< {}", b.replace('\n', &format!("\n{pad}< ")));
+                let body = printable(b).replace('\n', &format!("\n{pad}< "));
+                let _ = writeln!(out, "{pad}< {body}");
             }
         }
     }
+}
+
+/// Text a target supplied, safe for a terminal: control characters other than newline and tab
+/// (escape sequences, carriage returns, bells) are shown escaped, e.g. `\u{1b}`, never sent
+/// to the terminal as they are.
+fn printable(text: &str) -> Cow<'_, str> {
+    if !text
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t')
+    {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if c.is_control() && c != '\n' && c != '\t' {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
 }
 
 fn label(outcome: Outcome, style: Style) -> String {
@@ -244,4 +268,19 @@ pub fn render_rounds(report: &RunReport, style: Style) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::printable;
+
+    #[test]
+    fn control_characters_from_targets_are_escaped() {
+        assert_eq!(printable("plain\ttext\nline"), "plain\ttext\nline");
+        assert_eq!(
+            printable("\u{1b}[2J\u{1b}]0;owned\u{7}\r"),
+            "\\u{1b}[2J\\u{1b}]0;owned\\u{7}\\r"
+        );
+        assert_eq!(printable("\u{9b}31m"), "\\u{9b}31m");
+    }
 }

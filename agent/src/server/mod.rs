@@ -86,15 +86,26 @@ async fn readyz(State(state): State<Shared>) -> Response {
 
 /// Every method but GET and HEAD needs `Authorization: Bearer <agent.api_token>` when a token is
 /// set (the agent refuses to listen beyond loopback without one). Compared in constant time.
+///
+/// Without a token, the agent answers only requests addressed to a loopback name, and refuses
+/// POSTs a web page sent: otherwise a page open in a browser on the same machine could point a
+/// name it controls at 127.0.0.1 (DNS rebinding) and read the API or trigger runs, or post a
+/// form to the agent.
 async fn require_token(State(state): State<Shared>, request: Request, next: Next) -> Response {
-    let method = request.method();
-    if method == axum::http::Method::GET || method == axum::http::Method::HEAD {
-        return next.run(request).await;
-    }
     let loaded = state.loaded();
+    let safe_method = matches!(
+        *request.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD
+    );
     let Some(expected) = loaded.api_token.as_deref() else {
+        if let Some(refusal) = refuse_foreign_origin(&request, safe_method) {
+            return refusal;
+        }
         return next.run(request).await;
     };
+    if safe_method {
+        return next.run(request).await;
+    }
     let given = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -114,6 +125,57 @@ async fn require_token(State(state): State<Shared>, request: Request, next: Next
     }
 }
 
+/// 403 for a request to a token-less agent that is addressed to a name other than a loopback
+/// one (`Host`), or a POST a web page sent (`Origin` other than a loopback one).
+fn refuse_foreign_origin(request: &Request, safe_method: bool) -> Option<Response> {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .map(|h| h.to_str().unwrap_or("\u{fffd}"))
+        .or_else(|| request.uri().authority().map(|a| a.as_str()));
+    if let Some(host) = host.filter(|h| !is_loopback_authority(h)) {
+        return Some(error(
+            StatusCode::FORBIDDEN,
+            format!(
+                "this agent has no agent.api_token, so it only answers requests addressed to \
+                 localhost or a loopback address, not to `{}` (a guard against DNS rebinding); \
+                 set `api_token` to serve other names",
+                host.escape_debug()
+            ),
+        ));
+    }
+    if safe_method {
+        return None;
+    }
+    let origin = request.headers().get(header::ORIGIN)?;
+    let loopback = origin
+        .to_str()
+        .ok()
+        .and_then(|o| o.split_once("://"))
+        .is_some_and(|(_, authority)| is_loopback_authority(authority));
+    (!loopback).then(|| {
+        error(
+            StatusCode::FORBIDDEN,
+            "this agent has no agent.api_token, so it refuses POSTs sent by web pages from \
+             other origins; set `api_token` and send `Authorization: Bearer <token>`",
+        )
+    })
+}
+
+/// `localhost`, `*.localhost`, `127.0.0.1`, `[::1]` and the like, with or without a port.
+fn is_loopback_authority(authority: &str) -> bool {
+    let host = match authority.strip_prefix('[') {
+        Some(rest) => rest.split_once(']').map_or(rest, |(ip, _)| ip),
+        None => authority.split_once(':').map_or(authority, |(h, _)| h),
+    };
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    host == "localhost"
+        || host.ends_with(".localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// A JSON error response.
 pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (
@@ -131,4 +193,35 @@ pub fn refuse_when_stopping(state: &Shared) -> Option<Response> {
             "the agent is shutting down (or starting): no new runs are accepted",
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_loopback_authority;
+
+    #[test]
+    fn loopback_authorities() {
+        for yes in [
+            "localhost",
+            "localhost:9464",
+            "LOCALHOST.",
+            "app.localhost:80",
+            "127.0.0.1",
+            "127.1.2.3:9464",
+            "[::1]:9464",
+            "[::1]",
+        ] {
+            assert!(is_loopback_authority(yes), "{yes}");
+        }
+        for no in [
+            "evil.example:9464",
+            "localhost.evil.example",
+            "127.0.0.1.nip.io",
+            "10.0.0.1:9464",
+            "[::2]:80",
+            "",
+        ] {
+            assert!(!is_loopback_authority(no), "{no}");
+        }
+    }
 }

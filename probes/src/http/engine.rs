@@ -380,8 +380,10 @@ fn show_body(body: &[u8], masker: &Masker) -> Option<String> {
     if body.is_empty() {
         return None;
     }
-    let shown = &body[..body.len().min(SHOWN_BODY_BYTES)];
-    let mut text = masker.mask(&String::from_utf8_lossy(shown));
+    // Read a little past the cut, so a secret that straddles it is recognised and masked whole.
+    let reach = SHOWN_BODY_BYTES + masker.longest() + 4;
+    let text = String::from_utf8_lossy(&body[..body.len().min(reach)]);
+    let mut text = masker.mask_prefix(&text, SHOWN_BODY_BYTES);
     if body.len() > SHOWN_BODY_BYTES {
         text.push_str(&format!("… ({} bytes in all)", body.len()));
     }

@@ -33,7 +33,7 @@ use crate::template::{Masker, Scope, Template};
 use crate::value::Value;
 
 /// How much of a reply `-v` output keeps.
-const SHOWN_REPLY_CHARS: usize = 4096;
+const SHOWN_REPLY_BYTES: usize = 4096;
 
 /// Runs the steps of `probe` once, within `deadline`.
 pub async fn run_steps(
@@ -162,13 +162,13 @@ fn handshake_values(h: &Handshake, values: &mut Vec<(String, Value)>) {
 }
 
 fn show(request_line: &str, reply: &str, masker: &Masker) -> Exchange {
-    let mut shown: String = reply.chars().take(SHOWN_REPLY_CHARS).collect();
-    if shown.len() < reply.len() {
+    let mut shown = masker.mask_prefix(reply, SHOWN_REPLY_BYTES);
+    if reply.len() > SHOWN_REPLY_BYTES {
         shown.push_str(&format!("… ({} bytes in all)", reply.len()));
     }
     Exchange {
         request_line: masker.mask(request_line),
-        response_body: (!shown.is_empty()).then(|| masker.mask(&shown)),
+        response_body: (!shown.is_empty()).then_some(shown),
         ..Exchange::default()
     }
 }
