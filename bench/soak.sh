@@ -30,7 +30,7 @@
 # Environment: PROBES, EVERY, DURATION, WARMUP, SAMPLE, PREFILL, SCRAPE (scrape /metrics every
 # SCRAPE seconds in the window; default only its two), PRIORITY (a nice value for the
 # agent and nginx), the goals RSS_GROWTH_PCT, FD_GROWTH, LAG_P99_MS (a bucket bound of the lag
-# histogram: 0.5, 1, 2.5, 5, 10… ms), and common.sh's NO_BUILD,
+# histogram: 0.5, 1, 2.5, 5, 10… ms), JUDGE_LAG (0: report the lag only), and common.sh's NO_BUILD,
 # BIN_DIR and AGENT_PREFIX (e.g. AGENT_PREFIX="chrt -f 10": the agent at real-time priority).
 NO_SHOP=1 source "$(dirname "$0")/common.sh"
 PROBES="${PROBES:-2000}"
@@ -42,6 +42,9 @@ PREFILL="${PREFILL:-100}"
 RSS_GROWTH_PCT="${RSS_GROWTH_PCT:-5}"
 FD_GROWTH="${FD_GROWTH:-10}"
 LAG_P99_MS="${LAG_P99_MS:-5}"
+# JUDGE_LAG=0 prints the lag figures without judging them (CI: a shared machine's timing is not
+# a verdict on the code; BENCHMARKS.md section 7 judges the lag goal on measured runs).
+JUDGE_LAG="${JUDGE_LAG:-1}"
 
 machine_notes
 start_nginx
@@ -129,7 +132,7 @@ read -r rss_end _ < <(rss_kib "$AGENT_PID")
 echo "command: PROBES=$PROBES EVERY=$EVERY DURATION=$DURATION WARMUP=$WARMUP PREFILL=$PREFILL${SCRAPE:+ SCRAPE=$SCRAPE}${PRIORITY:+ PRIORITY=$PRIORITY}${AGENT_PREFIX:+ AGENT_PREFIX=\"$AGENT_PREFIX\"} bench/soak.sh"
 python3 - "$WORK" "$PROBES" "$EVERY" "$t0a" "$t0b" "$t1a" "$t1b" "$RSS_GROWTH_PCT" "$FD_GROWTH" \
   "$LAG_P99_MS" "$CLK_TCK" "$(cpu_ticks "$AGENT_PID")" "$rss_end" \
-  "$((PREFILL > 0 ? PREFILL * PROBES + 100 : 0))" << 'PY'
+  "$((PREFILL > 0 ? PREFILL * PROBES + 100 : 0))" "$JUDGE_LAG" << 'PY'
 import re, sys
 
 work, probes, every = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
@@ -243,7 +246,7 @@ if growth > rss_pct:
     missed.append(f"RSS grew {growth:.1f}% (> {rss_pct:g}%)")
 if fd[-1] - fd[0] > fd_growth:
     missed.append(f"open fds grew by {fd[-1] - fd[0]} (> {fd_growth})")
-if within_goal < 0.99 * count:
+if within_goal < 0.99 * count and sys.argv[15] != "0":
     missed.append(f"scheduler lag p99 over {lag_goal_ms:g} ms ({within_goal / count * 100:.2f}% within)")
 # Every run started, scheduled or on demand, became exactly one counted result (all drained).
 if runs_total != fires_total + api_runs:
@@ -255,6 +258,7 @@ if any(r != "pass" and n > 0 for r, n in results.items()):
 if missed:
     print("GOALS MISSED: " + "; ".join(missed))
     sys.exit(1)
-print(f"all goals met: RSS {growth:+.1f}%, fds {fd[-1] - fd[0]:+d}, lag p99 <= {lag_goal_ms:g} ms, "
+lag_verdict = f"lag p99 <= {lag_goal_ms:g} ms" if within_goal >= 0.99 * count else "lag not judged (JUDGE_LAG=0)"
+print(f"all goals met: RSS {growth:+.1f}%, fds {fd[-1] - fd[0]:+d}, {lag_verdict}, "
       f"results = fires = scheduled - skipped")
 PY

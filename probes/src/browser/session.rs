@@ -169,10 +169,12 @@ impl Session {
         }
     }
 
-    /// True when Chromium and chromedriver still answer for this session.
+    /// True when Chromium and chromedriver still answer for this session: its page runs a
+    /// script. (Asking only for the window handle is not enough: chromedriver answers that for a
+    /// Chromium that is hung or stopped, and the run would then wait out its deadline.)
     pub(crate) async fn is_alive(&self, within: Duration) -> bool {
-        let check = self.client().window();
-        matches!(tokio::time::timeout(within, check).await, Ok(Ok(_)))
+        let check = self.client().execute("return 1", Vec::new());
+        matches!(tokio::time::timeout(within, check).await, Ok(Ok(v)) if v == 1)
     }
 
     /// Loads an empty `data:` page, so the first real navigation finds a renderer started.
