@@ -1024,3 +1024,74 @@ async fn a_hung_chromium_is_killed_and_the_next_run_passes() {
         agent.stderr()
     );
 }
+
+/// Live processes whose command line or environment names `needle`.
+fn naming(needle: &str) -> Vec<(u32, String)> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let state = stat.rsplit_once(") ")?.1.chars().next()?;
+            let read = |f: &str| std::fs::read(format!("/proc/{pid}/{f}")).unwrap_or_default();
+            let (cmdline, environ) = (read("cmdline"), read("environ"));
+            let names = |b: &[u8]| String::from_utf8_lossy(b).contains(needle);
+            (state != 'Z' && (names(&cmdline) || names(&environ)))
+                .then(|| (pid, String::from_utf8_lossy(&cmdline).replace('\0', " ")))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_agent_leaves_no_chromium_behind() {
+    if !browser_installed() {
+        return;
+    }
+    let (site, _hits) = browser_site().await;
+    let scratch = Scratch::new();
+    let path = scratch.write("patrol.yaml", &browser_config(&site, "30s"));
+    let agent = Patrol::agent(&path)
+        .current_dir(scratch.path())
+        .start()
+        .await;
+    let run = agent.run(r#"{"probes":["quick"]}"#, None).await;
+    assert_eq!(common::probe(&run, "quick")["result"], "pass", "{run:#}");
+    let marker = format!("patrol-browser-{}-", agent.pid());
+    // chromedriver, the spare session's Chromium: all name the agent's browser work directory.
+    common::eventually("the spare session", Duration::from_secs(20), async || {
+        (naming(&marker).len() > 2).then_some(())
+    })
+    .await;
+    // SIGKILL: the agent cannot clean anything up itself.
+    signal("KILL", &[agent.pid()]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let work_dirs = || -> Vec<String> {
+        std::fs::read_dir(std::env::temp_dir())
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.starts_with(&marker))
+            .collect()
+    };
+    while (!naming(&marker).is_empty() || !work_dirs().is_empty())
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let left = naming(&marker);
+    signal("KILL", &left.iter().map(|(p, _)| *p).collect::<Vec<_>>());
+    assert!(
+        left.is_empty(),
+        "processes of the killed agent's browser still alive after 10 s:\n{}",
+        left.iter()
+            .map(|(p, c)| format!("{p}: {c}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(
+        work_dirs().is_empty(),
+        "work directory left: {:?}",
+        work_dirs()
+    );
+}

@@ -9,7 +9,8 @@
 //! `TMPDIR` (Chromium's singleton sockets, chromedriver's scoped directories, both left behind
 //! when a browser is killed). So every process started names a path under that directory in its
 //! command line, and the cleanup in [`super::procs`] finds them all by it — also after a crash of
-//! the agent itself, on the next start ([`sweep_abandoned`]).
+//! the agent itself: at once, by the watchdog ([`super::procs::Watchdog`]), and on the next
+//! start ([`sweep_abandoned`]).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

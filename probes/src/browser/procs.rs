@@ -10,6 +10,9 @@
 //!
 //! The crate forbids `unsafe`, so signals are sent by the shell's `kill` builtin: this only runs
 //! after a crash or on shutdown, never on the happy path.
+//!
+//! When the agent itself is killed (SIGKILL, OOM killer, a crash), a [`Watchdog`] — a small `sh`
+//! process waiting on a pipe only the agent holds — does the same sweep at once.
 
 use std::path::Path;
 use std::time::Duration;
@@ -110,6 +113,75 @@ pub(crate) fn kill_matching_blocking(needle: &Path, patience: Duration) {
         }
         kill_now(&pids);
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// What the watchdog runs: it reads the work directory from its stdin, waits for end of file —
+/// the agent closed the pipe on shutdown, or died and the kernel closed it — then kills every
+/// process naming the directory (twice, for any forked meanwhile) and removes it. The directory
+/// travels over the pipe, so neither the watchdog's command line nor its environment names it
+/// and it does not kill itself. It ignores the terminal's signals: Ctrl-C reaches the whole
+/// process group, and the watchdog must outlive an agent that crashes while shutting down.
+const WATCHDOG_SCRIPT: &str = r#"
+trap '' INT TERM HUP
+IFS= read -r dir || exit 0
+case "$dir" in /*/patrol-browser-*) ;; *) exit 1 ;; esac
+while IFS= read -r _; do :; done
+sweep() {
+  for p in /proc/[0-9]*; do
+    pid=${p#/proc/}
+    [ "$pid" = "$$" ] && continue
+    grep -qsF -- "$dir" "$p/cmdline" "$p/environ" && kill -9 "$pid" 2> /dev/null
+  done
+}
+sweep
+sleep 0.3
+sweep
+rm -rf -- "$dir"
+"#;
+
+/// Kills what a browser work directory's processes left behind when the agent dies without
+/// shutting its browser down (SIGKILL, a crash): a `sh` process that waits on a pipe only the
+/// agent holds (see [`WATCHDOG_SCRIPT`]). Dropping the watchdog closes the pipe; call that after
+/// an orderly cleanup, when there is nothing left to kill.
+#[derive(Debug)]
+pub(crate) struct Watchdog {
+    /// The write end of the watchdog's stdin; closing it starts the sweep.
+    _pipe: std::process::ChildStdin,
+}
+
+impl Watchdog {
+    /// Starts a watchdog for `work_dir`; `None` (with a warning) when `sh` cannot be started.
+    pub(crate) fn start(work_dir: &Path) -> Option<Watchdog> {
+        use std::io::Write as _;
+        let spawned = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(WATCHDOG_SCRIPT)
+            .arg("patrol-browser-watchdog")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        let mut child = match spawned {
+            Ok(child) => child,
+            Err(e) => {
+                tracing::warn!(error = %e, "Could not start the browser watchdog (`sh`); if the agent is killed, its Chromium processes stay until the next start.");
+                return None;
+            }
+        };
+        let mut pipe = child.stdin.take()?;
+        let line = format!(
+            "{}
+",
+            work_dir.display()
+        );
+        if let Err(e) = pipe.write_all(line.as_bytes()) {
+            tracing::warn!(error = %e, "Could not hand the browser watchdog its directory.");
+            let _ = child.kill();
+        }
+        // Reaped by nobody while the agent lives; once the agent exits it is init's.
+        std::thread::spawn(move || child.wait());
+        Some(Watchdog { _pipe: pipe })
     }
 }
 

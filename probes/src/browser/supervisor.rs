@@ -54,6 +54,8 @@ pub(crate) struct Supervisor {
     refill_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Anything was ever started (so cleanup has something to do).
     started: AtomicBool,
+    /// Kills what is left under the work directory if the agent dies without cleaning up.
+    watchdog: Mutex<Option<procs::Watchdog>>,
     /// Shut down: no more drivers, sessions or spares.
     closed: AtomicBool,
 }
@@ -77,6 +79,7 @@ impl Supervisor {
             refilling: AtomicBool::new(false),
             refill_task: Mutex::new(None),
             started: AtomicBool::new(false),
+            watchdog: Mutex::new(None),
             closed: AtomicBool::new(false),
         }
     }
@@ -233,8 +236,11 @@ impl Supervisor {
             }
         }
         if !self.started.swap(true, Ordering::SeqCst) {
-            // Leftovers of an agent that was killed before it could shut its browser down.
+            // Leftovers of an agent that was killed before it could shut its browser down (one
+            // without a watchdog, or killed before its watchdog's sweep was done).
             tokio::spawn(async { driver::sweep_abandoned(&std::env::temp_dir()).await });
+            *self.watchdog.lock().unwrap_or_else(PoisonError::into_inner) =
+                procs::Watchdog::start(&self.work_dir);
         }
         let binary = driver::locate_binary(&self.settings.chromedriver)
             .unwrap_or_else(|| self.settings.chromedriver.clone());
@@ -287,6 +293,17 @@ impl Supervisor {
             }
             procs::remove_dir(&self.work_dir).await;
         }
+        // Nothing is left for it to kill.
+        self.stop_watchdog();
+    }
+
+    fn stop_watchdog(&self) {
+        drop(
+            self.watchdog
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
     }
 
     /// [`Supervisor::shutdown`] without a runtime, for `Drop`: kill, don't ask.
@@ -304,5 +321,6 @@ impl Supervisor {
             procs::kill_matching_blocking(&self.work_dir, Duration::from_secs(1));
             procs::remove_dir_blocking(&self.work_dir);
         }
+        self.stop_watchdog();
     }
 }
