@@ -116,9 +116,10 @@ pub(crate) fn kill_matching_blocking(needle: &Path, patience: Duration) {
     }
 }
 
-/// What the watchdog runs: it reads the work directory from its stdin, waits for end of file —
-/// the agent closed the pipe on shutdown, or died and the kernel closed it — then kills every
-/// process naming the directory (twice, for any forked meanwhile) and removes it. The directory
+/// What the watchdog runs: it reads the work directory from its stdin, then waits. `done` means
+/// the agent cleaned up itself; end of file without it means the agent died (the kernel closed
+/// the pipe), and the watchdog kills every process naming the directory (twice, for any forked
+/// meanwhile) and removes it. The directory
 /// travels over the pipe, so neither the watchdog's command line nor its environment names it
 /// and it does not kill itself. It ignores the terminal's signals: Ctrl-C reaches the whole
 /// process group, and the watchdog must outlive an agent that crashes while shutting down.
@@ -126,7 +127,7 @@ const WATCHDOG_SCRIPT: &str = r#"
 trap '' INT TERM HUP
 IFS= read -r dir || exit 0
 case "$dir" in /*/patrol-browser-*) ;; *) exit 1 ;; esac
-while IFS= read -r _; do :; done
+while IFS= read -r line; do [ "$line" = done ] && exit 0; done
 sweep() {
   for p in /proc/[0-9]*; do
     pid=${p#/proc/}
@@ -142,12 +143,12 @@ rm -rf -- "$dir"
 
 /// Kills what a browser work directory's processes left behind when the agent dies without
 /// shutting its browser down (SIGKILL, a crash): a `sh` process that waits on a pipe only the
-/// agent holds (see [`WATCHDOG_SCRIPT`]). Dropping the watchdog closes the pipe; call that after
-/// an orderly cleanup, when there is nothing left to kill.
+/// agent holds (see [`WATCHDOG_SCRIPT`]). [`Watchdog::disarm`] after an orderly cleanup;
+/// dropping it otherwise (a panic unwinding) sweeps.
 #[derive(Debug)]
 pub(crate) struct Watchdog {
-    /// The write end of the watchdog's stdin; closing it starts the sweep.
-    _pipe: std::process::ChildStdin,
+    /// The write end of the watchdog's stdin; closing it without `done` starts the sweep.
+    pipe: std::process::ChildStdin,
 }
 
 impl Watchdog {
@@ -181,7 +182,13 @@ impl Watchdog {
         }
         // Reaped by nobody while the agent lives; once the agent exits it is init's.
         std::thread::spawn(move || child.wait());
-        Some(Watchdog { _pipe: pipe })
+        Some(Watchdog { pipe })
+    }
+
+    /// Ends the watchdog without a sweep: the agent cleaned up itself.
+    pub(crate) fn disarm(mut self) {
+        use std::io::Write as _;
+        let _ = self.pipe.write_all(b"done\n");
     }
 }
 

@@ -298,12 +298,14 @@ impl Supervisor {
     }
 
     fn stop_watchdog(&self) {
-        drop(
-            self.watchdog
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .take(),
-        );
+        let watchdog = self
+            .watchdog
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(watchdog) = watchdog {
+            watchdog.disarm();
+        }
     }
 
     /// [`Supervisor::shutdown`] without a runtime, for `Drop`: kill, don't ask.
