@@ -791,6 +791,7 @@ fn dashboards_are_well_formed_and_use_the_datasource_variable() {
         "patrol_deploy_timestamp_seconds",
         "patrol_deploy_verification_total",
         "patrol_scheduler_lag_seconds_bucket",
+        "patrol_run_queue_wait_seconds_bucket",
         "patrol_runs_in_flight",
         "patrol_config_reload_total",
     ] {
