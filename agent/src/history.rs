@@ -88,8 +88,10 @@ pub struct Percentiles {
 }
 
 /// How many of a probe's newest results are kept in full; older runs in the ring keep only a
-/// compact record (see [`History::recent`]).
-pub const FULL_RESULTS: usize = 5;
+/// compact record (see [`History::recent`]). A full two-step HTTP result is ~1.7 KiB, so with
+/// 500 probes each one kept per probe costs ~0.8 MiB of the agent's 20 MB budget (BENCHMARKS.md
+/// §4); the newest failure is kept in full besides.
+pub const FULL_RESULTS: usize = 3;
 
 /// What every kept run still says once only its compact record is left: enough for the status
 /// strip, failure counts and latency baselines.
@@ -147,9 +149,7 @@ impl History {
         let mut probes = self.write();
         let history = match probes.get_mut(&result.name) {
             Some(h) => h,
-            None => probes
-                .entry(result.name.clone())
-                .or_insert_with(ProbeHistory::default),
+            None => probes.entry(result.name.clone()).or_default(),
         };
         history.record(result, self.capacity, now_ms);
     }
