@@ -1238,6 +1238,13 @@ mod tests {
     }
 
     #[test]
+    fn compact_records_stay_compact() {
+        // The sizes the module docs and BENCHMARKS.md §4 count on.
+        assert!(std::mem::size_of::<RunRecord>() <= 56);
+        assert!(std::mem::size_of::<StepRecord>() <= 12);
+    }
+
+    #[test]
     fn window_names() {
         let names: Vec<&str> = Window::all().iter().map(|w| w.as_str()).collect();
         assert_eq!(names, ["1m", "5m", "1h"]);
