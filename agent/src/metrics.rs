@@ -70,7 +70,8 @@ pub struct Metrics {
     registry: Registry,
     /// The `location` label value of every probe series.
     location: String,
-    /// probe_* {probe, [step, phase, vital, version, result,] type | location}
+    /// Every `probe_*` series (labels probe and location, plus step, phase, type, result,
+    /// vital or version where they apply).
     probes: ProbeSeriesStore,
 
     // patrol_*
