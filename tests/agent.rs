@@ -1069,3 +1069,169 @@ async fn secrets_are_never_shown() {
         assert!(text.contains("***"), "{what} should show the mask:\n{text}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_runs_endpoint_keeps_100_runs_in_the_report_schema_and_old_failures_keep_their_asserts()
+{
+    let shop = shop().await;
+    let scratch = Scratch::new();
+    let checked = r#"
+  - name: checked
+    steps:
+      - name: products
+        request: { url: "{{ api }}/api/products" }
+        assert: [ status < 600, status == 200 ]
+"#;
+    let agent = agent(&scratch, &config_for(&shop, checked)).start().await;
+    // Every run's result as reported when it finished, by id.
+    let mut reported = std::collections::HashMap::new();
+    let mut batch = async |n: usize| {
+        let mut ids = Vec::new();
+        for _ in 0..n {
+            ids.push(agent.start_run(r#"{"probes":["checked"]}"#, None).await);
+        }
+        for id in ids {
+            let record = agent.finished_run(&id).await;
+            let result = record["probes"][0].clone();
+            reported.insert(
+                result["id"].as_str().unwrap_or_default().to_string(),
+                result,
+            );
+        }
+    };
+    // 10 passes, a failure, 94 passes: the history keeps the newest 100, so the failure is the
+    // 95th newest, long out of the few results kept in full.
+    batch(10).await;
+    shop.faults().set(Fault {
+        status: Some(500),
+        ..Fault::new("/api/products")
+    });
+    batch(1).await;
+    shop.faults().clear();
+    batch(94).await;
+    assert_eq!(reported.len(), 105);
+
+    let runs = agent
+        .get("/api/v1/probes/checked/runs?limit=1000")
+        .await
+        .assert_status(200)
+        .json()["runs"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(runs.len(), 100);
+    // Newest first by when they finished: runs that overlapped may finish out of start order.
+    let keys = |v: &Value| -> Vec<String> {
+        v.as_object()
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default()
+    };
+    for (i, run) in runs.iter().enumerate() {
+        let id = run["id"].as_str().unwrap_or_default();
+        let full = reported
+            .get(id)
+            .unwrap_or_else(|| panic!("run {i} has an id no run reported: {run:#}"));
+        // Identity, outcome and timings are the reported ones (durations to the microsecond).
+        for field in [
+            "name",
+            "type",
+            "result",
+            "attempts",
+            "first_attempt",
+            "started_at_ms",
+        ] {
+            assert_eq!(run[field], full[field], "run {i}, {field}");
+        }
+        let seconds = |v: &Value| v["duration_seconds"].as_f64().unwrap_or(-1.0);
+        assert!(
+            (seconds(run) - seconds(full)).abs() < 1e-6,
+            "run {i}: {run} vs {full}"
+        );
+        let (step, full_step) = (&run["steps"][0], &full["steps"][0]);
+        for field in ["name", "result", "status"] {
+            assert_eq!(step[field], full_step[field], "run {i}, step {field}");
+        }
+        // The same schema: no field a full result lacks.
+        let all = keys(full);
+        assert!(
+            keys(run).iter().all(|k| all.contains(k)),
+            "run {i}: {run:#}"
+        );
+        let all = keys(full_step);
+        assert!(
+            keys(step).iter().all(|k| all.contains(k)),
+            "run {i}: {step:#}"
+        );
+        if i < 3 {
+            // The newest runs (history::FULL_RESULTS) are kept in full.
+            assert_eq!(run, full, "run {i}");
+        } else if run["result"] == "pass" {
+            assert_eq!(step["asserts"], json!([]), "run {i}");
+            assert!(step.get("phases").is_none(), "run {i}: {step:#}");
+        }
+    }
+    // The failure, 95th newest, keeps its failing assertion (the passing one is omitted).
+    let failures: Vec<&Value> = runs.iter().filter(|r| r["result"] != "pass").collect();
+    assert_eq!(failures.len(), 1, "{failures:#?}");
+    let failure = failures[0];
+    assert_eq!(runs.iter().position(|r| r == failure), Some(94));
+    assert_eq!(
+        failure["steps"][0]["asserts"],
+        json!([{"expr": "status == 200", "result": "fail", "actual": "500", "expected": "== 200"}]),
+        "{failure:#}"
+    );
+    // The probe's last failure is still the whole result.
+    let status = agent.get("/api/v1/probes").await.assert_status(200).json();
+    let last_failure = &common::probe(&status, "checked")["last_failure"];
+    assert_eq!(last_failure["started_at_ms"], failure["started_at_ms"]);
+    assert_eq!(
+        last_failure["steps"][0]["asserts"],
+        json!([{"expr": "status == 200", "result": "fail", "actual": "500", "expected": "== 200"}]),
+        "{last_failure:#}"
+    );
+    // The status page's strip shows up to 40 of them.
+    let page = agent.get("/").await.assert_status(200).body.clone();
+    assert_eq!(page.matches(r#"<i class="pass""#).count(), 40);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_waiting_for_a_slot_show_in_the_queue_wait_histogram() {
+    let shop = shop().await;
+    shop.faults().set(Fault {
+        latency_ms: 600,
+        ..Fault::new("/api/health/detailed")
+    });
+    let scratch = Scratch::new();
+    let probe = |name: &str| {
+        format!(
+            r#"
+  - name: {name}
+    timeout: 10s
+    steps:
+      - request: {{ url: "{{{{ api }}}}/api/health/detailed" }}
+"#
+        )
+    };
+    let probes = format!("{}{}", probe("first"), probe("second"));
+    let config = config(&shop, "  max_concurrency: 1\n", &probes);
+    let agent = agent(&scratch, &config).start().await;
+    let text = agent.metrics().await;
+    assert_metric(&text, "patrol_run_queue_wait_seconds_count", 0.0);
+    // One slot, two runs of 600 ms asked for at once: one starts at once, the other waits for it.
+    let record = agent.run(r#"{"probes":["first","second"]}"#, None).await;
+    assert_eq!(common::names(&record["probes"]).len(), 2, "{record:#}");
+    let text = agent.metrics().await;
+    assert_metric(&text, "patrol_run_queue_wait_seconds_count", 2.0);
+    assert_metric(
+        &text,
+        r#"patrol_run_queue_wait_seconds_bucket{le="0.25"}"#,
+        1.0,
+    );
+    assert_metric(
+        &text,
+        r#"patrol_run_queue_wait_seconds_bucket{le="+Inf"}"#,
+        2.0,
+    );
+    let waited = metric(&text, "patrol_run_queue_wait_seconds_sum").unwrap_or_default();
+    assert!((0.55..5.0).contains(&waited), "waited {waited} s in all");
+}

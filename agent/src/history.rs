@@ -1,9 +1,9 @@
 //! Result history: each probe's recent runs, its failure streak, and latency percentiles over
 //! sliding windows (1m, 5m, 1h), in bounded memory.
 //!
-//! Per probe, [`History`] keeps the last `capacity` results, the newest failure (even once it
-//! has left the recent list), and one set of latency windows for the whole probe plus one per
-//! step. A window is a ring of time slots (1m = 6 × 10 s, 5m = 5 × 1 min, 1h = 6 × 10 min): it
+//! Per probe, [`History`] keeps the last `capacity` runs (the newest [`FULL_RESULTS`] as full
+//! results, older ones as compact records), the newest failure in full (even once it has left
+//! the recent list), and one set of latency windows for the whole probe plus one per step. A window is a ring of time slots (1m = 6 × 10 s, 5m = 5 × 1 min, 1h = 6 × 10 min): it
 //! covers the current, partial slot and the ones before it, so between 5/6 (4/5) of its length
 //! and all of it, never more. Runs count in the slot in which they *started*.
 //!
@@ -11,14 +11,17 @@
 //! until it holds [`DENSE_AT`] of them, then turns into an HDR histogram (2 significant digits,
 //! 100 µs units, `u16` counts: 0.5 KiB for values under 25 ms, 2 KiB up to 1 s, 3.3 KiB up to
 //! 30 s). Measured per series (the probe, or one step): about 1.6 KiB for a probe run every
-//! 30 s, 4 KiB every 5 s, 17 KiB every second. Stored results are the larger cost: about
-//! 1.2 KiB for a passing 3-step HTTP result, more with assertion text.
+//! 30 s, 4 KiB every 5 s, 17 KiB every second. A full result costs about 1.2–2 KiB (a passing
+//! 2–3-step HTTP result, more with assertion text), which is why only a few are kept: a compact
+//! record is ~56 bytes plus 12 per step, plus the failure text of runs that did not pass.
 
 use std::collections::{HashMap, VecDeque};
+use std::num::NonZeroU16;
 use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use patrol_probes::result::{Outcome, ProbeResult, StepResult};
+use patrol_probes::result::{AssertResult, Outcome, ProbeResult, StepResult};
 use serde::Serialize;
 
 /// A sliding window for latency percentiles.
@@ -84,6 +87,24 @@ pub struct Percentiles {
     pub p99: f64,
 }
 
+/// How many of a probe's newest results are kept in full; older runs in the ring keep only a
+/// compact record (see [`History::recent`]). A full two-step HTTP result is ~1.7 KiB, so with
+/// 500 probes each one kept per probe costs ~0.8 MiB of the agent's 20 MB budget (BENCHMARKS.md
+/// §4); the newest failure is kept in full besides.
+pub const FULL_RESULTS: usize = 3;
+
+/// What every kept run still says once only its compact record is left: enough for the status
+/// strip, failure counts and latency baselines.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RunSummary {
+    /// Unix milliseconds when the run started.
+    pub started_at_ms: i64,
+    /// Wall time of the run, all attempts included (to the microsecond).
+    pub duration: Duration,
+    /// How the run ended.
+    pub result: Outcome,
+}
+
 /// Recent results and latency windows of every probe; shared as `Arc<History>`.
 pub struct History {
     capacity: usize,
@@ -105,7 +126,8 @@ impl std::fmt::Debug for History {
 }
 
 impl History {
-    /// Keeps up to `capacity_per_probe` recent results per probe (at least 1).
+    /// Keeps up to `capacity_per_probe` recent runs per probe (at least 1), the newest
+    /// [`FULL_RESULTS`] of them in full.
     pub fn new(capacity_per_probe: usize) -> History {
         History {
             capacity: capacity_per_probe.max(1),
@@ -127,30 +149,64 @@ impl History {
         let mut probes = self.write();
         let history = match probes.get_mut(&result.name) {
             Some(h) => h,
-            None => probes
-                .entry(result.name.clone())
-                .or_insert_with(|| ProbeHistory::new(self.capacity)),
+            None => probes.entry(result.name.clone()).or_default(),
         };
         history.record(result, self.capacity, now_ms);
     }
 
-    /// Up to `limit` most recently recorded results, newest first.
+    /// Up to `limit` most recently recorded results, newest first, in the verify report's
+    /// schema.
+    ///
+    /// The newest [`FULL_RESULTS`] are the results as recorded (without `exchange`). Older ones
+    /// are rebuilt from compact records and carry less: id, type, outcome, attempts, start,
+    /// duration (to the microsecond) and each step's name, outcome, status and duration; for
+    /// runs that did not pass also the error texts, the failing assertions and the saved
+    /// artifacts. Phases, TLS details, web vitals, passing assertions and earlier attempts
+    /// (`retried`) are omitted.
     pub fn recent(&self, probe: &str, limit: usize) -> Vec<Arc<ProbeResult>> {
         self.read()
             .get(probe)
-            .map(|h| h.recent.iter().rev().take(limit).cloned().collect())
+            .map(|h| h.recent(probe, limit))
             .unwrap_or_default()
     }
 
-    /// The most recently recorded result.
-    pub fn last(&self, probe: &str) -> Option<Arc<ProbeResult>> {
+    /// Up to `limit` most recently recorded runs in brief, newest first.
+    pub fn summaries(&self, probe: &str, limit: usize) -> Vec<RunSummary> {
         self.read()
             .get(probe)
-            .and_then(|h| h.recent.back().cloned())
+            .map(|h| {
+                h.runs
+                    .iter()
+                    .rev()
+                    .take(limit)
+                    .map(RunRecord::summary)
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
-    /// The most recently recorded result that did not pass, kept even after it has left
-    /// [`History::recent`], with its `exchange` detail.
+    /// The kept runs that started at or after `since_ms`, in brief, newest first.
+    pub fn summaries_since(&self, probe: &str, since_ms: i64) -> Vec<RunSummary> {
+        self.read()
+            .get(probe)
+            .map(|h| {
+                h.runs
+                    .iter()
+                    .rev()
+                    .filter(|r| r.started_at_ms >= since_ms)
+                    .map(RunRecord::summary)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The most recently recorded result, in full.
+    pub fn last(&self, probe: &str) -> Option<Arc<ProbeResult>> {
+        self.read().get(probe).and_then(|h| h.full.back().cloned())
+    }
+
+    /// The most recently recorded result that did not pass, kept in full even after it has
+    /// left [`History::recent`], with its `exchange` detail.
     pub fn last_failure(&self, probe: &str) -> Option<Arc<ProbeResult>> {
         self.read().get(probe).and_then(|h| h.last_failure.clone())
     }
@@ -194,27 +250,11 @@ impl History {
         now_ms: i64,
     ) -> Option<Percentiles> {
         self.read().get(probe).and_then(|h| {
-            h.steps
+            h.step_latency
                 .iter()
                 .find(|(name, _)| **name == *step)
                 .and_then(|(_, windows)| windows.percentiles(window, now_ms))
         })
-    }
-
-    /// The recent results (see [`History::recent`]) that started at or after `since_ms`,
-    /// newest first.
-    pub fn results_since(&self, probe: &str, since_ms: i64) -> Vec<Arc<ProbeResult>> {
-        self.read()
-            .get(probe)
-            .map(|h| {
-                h.recent
-                    .iter()
-                    .rev()
-                    .filter(|r| r.started_at_ms >= since_ms)
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default()
     }
 
     /// Forgets every probe not in `names` (probes removed by a config reload).
@@ -235,27 +275,25 @@ impl History {
 }
 
 /// One probe's history.
+#[derive(Default)]
 struct ProbeHistory {
-    /// Oldest first.
-    recent: VecDeque<Arc<ProbeResult>>,
+    /// The newest results in full, oldest first: at most [`FULL_RESULTS`], and always the
+    /// newest entries of `runs` as well.
+    full: VecDeque<Arc<ProbeResult>>,
+    /// Every kept run in compact form, oldest first; at most the history's capacity.
+    runs: VecDeque<RunRecord>,
+    /// The steps of `runs`, flattened in the same order (`RunRecord::steps` each).
+    steps: VecDeque<StepRecord>,
+    /// Step names and probe types, which records refer to by index.
+    words: Words,
     last_failure: Option<Arc<ProbeResult>>,
     failing_since: Option<i64>,
     latency: LatencyWindows,
     /// Per step, in first-seen order; a handful per probe, so a Vec beats a map.
-    steps: Vec<(Box<str>, LatencyWindows)>,
+    step_latency: Vec<(Box<str>, LatencyWindows)>,
 }
 
 impl ProbeHistory {
-    fn new(capacity: usize) -> ProbeHistory {
-        ProbeHistory {
-            recent: VecDeque::with_capacity(capacity),
-            last_failure: None,
-            failing_since: None,
-            latency: LatencyWindows::default(),
-            steps: Vec::new(),
-        }
-    }
-
     fn record(&mut self, result: Arc<ProbeResult>, capacity: usize, now_ms: i64) {
         let started = result.started_at_ms;
         self.latency
@@ -265,20 +303,24 @@ impl ProbeHistory {
                 continue;
             }
             let duration = micros(step.duration);
-            match self.steps.iter_mut().find(|(name, _)| **name == *step.name) {
+            match self
+                .step_latency
+                .iter_mut()
+                .find(|(name, _)| **name == *step.name)
+            {
                 Some((_, windows)) => windows.record(started, duration, now_ms),
                 None => {
                     let mut windows = LatencyWindows::default();
                     windows.record(started, duration, now_ms);
-                    self.steps.push((step.name.as_str().into(), windows));
+                    self.step_latency.push((step.name.as_str().into(), windows));
                 }
             }
         }
         // Steps no longer run (renamed, or always skipped lately) go once their windows empty.
-        for (_, windows) in &mut self.steps {
+        for (_, windows) in &mut self.step_latency {
             windows.expire(now_ms);
         }
-        self.steps.retain(|(_, windows)| !windows.is_empty());
+        self.step_latency.retain(|(_, windows)| !windows.is_empty());
 
         if result.result.is_pass() {
             self.failing_since = None;
@@ -286,15 +328,49 @@ impl ProbeHistory {
             self.failing_since.get_or_insert(started);
             self.last_failure = Some(Arc::clone(&result));
         }
-        if self.recent.len() >= capacity {
-            self.recent.pop_front();
+
+        if self.runs.len() >= capacity
+            && let Some(oldest) = self.runs.pop_front()
+        {
+            self.steps.drain(..usize::from(oldest.steps));
         }
-        self.recent.push_back(without_exchanges(result));
+        self.words.make_room(&mut self.runs, &mut self.steps);
+        let record = RunRecord::new(&result, &mut self.words, &mut self.steps);
+        push_bounded(&mut self.runs, record, capacity);
+        if self.full.len() >= FULL_RESULTS.min(capacity) {
+            self.full.pop_front();
+        }
+        self.full.push_back(without_exchanges(result));
+    }
+
+    /// See [`History::recent`].
+    fn recent(&self, probe: &str, limit: usize) -> Vec<Arc<ProbeResult>> {
+        let mut out = Vec::with_capacity(limit.min(self.runs.len()));
+        out.extend(self.full.iter().rev().take(limit).cloned());
+        // The steps of runs older than the full ones end where the full ones' steps begin.
+        let full_steps: usize = self
+            .runs
+            .iter()
+            .rev()
+            .take(self.full.len())
+            .map(|r| usize::from(r.steps))
+            .sum();
+        let mut end = self.steps.len() - full_steps;
+        for run in self.runs.iter().rev().skip(self.full.len()) {
+            if out.len() >= limit {
+                break;
+            }
+            let start = end - usize::from(run.steps);
+            let steps = self.steps.range(start..end);
+            out.push(Arc::new(run.expand(probe, steps, &self.words)));
+            end = start;
+        }
+        out
     }
 }
 
 /// The result without its request/response detail (`StepResult::exchange`, verbose output
-/// only and never serialized), which can be several KiB per step: `capacity` results of every
+/// only and never serialized), which can be several KiB per step: the newest results of every
 /// probe are kept, so they must stay small. Copies the result only when it is shared.
 fn without_exchanges(mut result: Arc<ProbeResult>) -> Arc<ProbeResult> {
     let has_exchange = |steps: &[StepResult]| steps.iter().any(|s| s.exchange.is_some());
@@ -309,6 +385,246 @@ fn without_exchanges(mut result: Arc<ProbeResult>) -> Arc<ProbeResult> {
     result
 }
 
+/// Appends to a ring that never holds more than `capacity`, without growing its buffer past
+/// `capacity` (a `VecDeque` left to itself would double to the next power of two).
+fn push_bounded<T>(ring: &mut VecDeque<T>, value: T, capacity: usize) {
+    if ring.len() == ring.capacity() {
+        let want = (ring.len() * 2).max(4).min(capacity.max(ring.len() + 1));
+        ring.reserve_exact(want - ring.len());
+    }
+    ring.push_back(value);
+}
+
+/// A run as kept once it is no longer among the [`FULL_RESULTS`] newest: ~56 bytes, plus 12
+/// per step, plus the failure text of runs that did not pass.
+struct RunRecord {
+    started_at_ms: i64,
+    id: RunId,
+    duration_us: u32,
+    attempts: u16,
+    /// Index of the probe type in [`Words`].
+    kind: u16,
+    /// Number of this run's entries in `ProbeHistory::steps`.
+    steps: u16,
+    result: Outcome,
+    first_attempt: Outcome,
+    /// Error texts, failing assertions and artifacts, for runs that did not pass.
+    failure: Option<Box<FailureDetail>>,
+}
+
+/// A run's id: the engine makes 32-digit hex UUIDs, kept as their 16 bytes; anything else is
+/// kept as text.
+enum RunId {
+    Uuid(uuid::Uuid),
+    Text(Box<str>),
+}
+
+impl RunId {
+    fn new(id: &str) -> RunId {
+        match uuid::Uuid::try_parse(id) {
+            Ok(u) if u.simple().to_string() == id => RunId::Uuid(u),
+            _ => RunId::Text(id.into()),
+        }
+    }
+}
+
+impl std::fmt::Display for RunId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RunId::Uuid(u) => write!(f, "{}", u.simple()),
+            RunId::Text(t) => f.write_str(t),
+        }
+    }
+}
+
+/// One step of a [`RunRecord`].
+struct StepRecord {
+    duration_us: u32,
+    status: Option<NonZeroU16>,
+    /// Index of the step name in [`Words`].
+    name: u16,
+    result: Outcome,
+}
+
+/// What a run that did not pass keeps beyond its record.
+struct FailureDetail {
+    error: Option<Box<str>>,
+    /// Only the steps with something to say.
+    steps: Vec<StepFailure>,
+}
+
+/// A step's error, failing assertions and artifacts.
+struct StepFailure {
+    /// Position of the step in the run.
+    step: u16,
+    error: Option<Box<str>>,
+    asserts: Vec<AssertResult>,
+    artifacts: Vec<String>,
+}
+
+impl RunRecord {
+    fn new(result: &ProbeResult, words: &mut Words, steps: &mut VecDeque<StepRecord>) -> RunRecord {
+        // A record counts its steps in a u16; a (hypothetical) longer probe keeps the first ones.
+        for step in result.steps.iter().take(usize::from(u16::MAX)) {
+            steps.push_back(StepRecord {
+                duration_us: micros(step.duration),
+                status: step.status.and_then(NonZeroU16::new),
+                name: words.index(&step.name),
+                result: step.result,
+            });
+        }
+        let failure = (!result.result.is_pass()).then(|| {
+            Box::new(FailureDetail {
+                error: result.error.as_deref().map(Box::from),
+                steps: result
+                    .steps
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, s)| {
+                        s.error.is_some()
+                            || !s.artifacts.is_empty()
+                            || s.failed_asserts().count() > 0
+                    })
+                    .map(|(i, s)| StepFailure {
+                        step: u16::try_from(i).unwrap_or(u16::MAX),
+                        error: s.error.as_deref().map(Box::from),
+                        asserts: s.failed_asserts().cloned().collect(),
+                        artifacts: s.artifacts.clone(),
+                    })
+                    .collect(),
+            })
+        });
+        RunRecord {
+            started_at_ms: result.started_at_ms,
+            id: RunId::new(&result.id),
+            duration_us: micros(result.duration),
+            attempts: u16::try_from(result.attempts).unwrap_or(u16::MAX),
+            kind: words.index(&result.kind),
+            steps: u16::try_from(result.steps.len()).unwrap_or(u16::MAX),
+            result: result.result,
+            first_attempt: result.first_attempt,
+            failure,
+        }
+    }
+
+    fn summary(&self) -> RunSummary {
+        RunSummary {
+            started_at_ms: self.started_at_ms,
+            duration: Duration::from_micros(u64::from(self.duration_us)),
+            result: self.result,
+        }
+    }
+
+    /// The record as a result in the verify report's schema, with what it kept.
+    fn expand<'a>(
+        &self,
+        probe: &str,
+        steps: impl Iterator<Item = &'a StepRecord>,
+        words: &Words,
+    ) -> ProbeResult {
+        let mut steps: Vec<StepResult> = steps
+            .map(|s| StepResult {
+                result: s.result,
+                duration: Duration::from_micros(u64::from(s.duration_us)),
+                status: s.status.map(NonZeroU16::get),
+                ..StepResult::skipped(words.get(s.name))
+            })
+            .collect();
+        if let Some(failure) = &self.failure {
+            for f in &failure.steps {
+                if let Some(step) = steps.get_mut(usize::from(f.step)) {
+                    step.error = f.error.as_deref().map(String::from);
+                    step.asserts = f.asserts.clone();
+                    step.artifacts = f.artifacts.clone();
+                }
+            }
+        }
+        ProbeResult {
+            id: self.id.to_string(),
+            name: probe.to_string(),
+            kind: words.get(self.kind).to_string(),
+            result: self.result,
+            duration: Duration::from_micros(u64::from(self.duration_us)),
+            attempts: u32::from(self.attempts),
+            first_attempt: self.first_attempt,
+            started_at_ms: self.started_at_ms,
+            steps,
+            retried: Vec::new(),
+            error: self
+                .failure
+                .as_ref()
+                .and_then(|f| f.error.as_deref().map(String::from)),
+        }
+    }
+}
+
+/// Step names and probe types of one probe's records, each stored once and referred to by
+/// index. Words no record uses any more (steps renamed by a reload) are dropped when the
+/// table doubles.
+#[derive(Default)]
+struct Words {
+    words: Vec<Box<str>>,
+    /// Size after the last clean-up; the next one happens at twice this.
+    kept: usize,
+}
+
+/// Words a table may hold before it is cleaned up for the first time.
+const WORDS_BEFORE_CLEANUP: usize = 64;
+
+impl Words {
+    fn index(&mut self, word: &str) -> u16 {
+        let at = match self.words.iter().position(|w| **w == *word) {
+            Some(i) => i,
+            None => {
+                self.words.push(word.into());
+                self.words.len() - 1
+            }
+        };
+        // More than 65,535 distinct names between clean-ups cannot be told apart; they share
+        // the last index rather than fail the run.
+        u16::try_from(at).unwrap_or(u16::MAX)
+    }
+
+    fn get(&self, index: u16) -> &str {
+        self.words.get(usize::from(index)).map_or("", |w| w)
+    }
+
+    /// Drops words no kept record refers to, once the table has doubled since the last time,
+    /// and renumbers the records.
+    fn make_room(&mut self, runs: &mut VecDeque<RunRecord>, steps: &mut VecDeque<StepRecord>) {
+        if self.words.len() < (2 * self.kept).max(WORDS_BEFORE_CLEANUP) {
+            return;
+        }
+        let mut used = vec![false; self.words.len()];
+        let indices = runs
+            .iter()
+            .map(|r| r.kind)
+            .chain(steps.iter().map(|s| s.name));
+        for i in indices {
+            if let Some(u) = used.get_mut(usize::from(i)) {
+                *u = true;
+            }
+        }
+        let mut renumbered = vec![0u16; self.words.len()];
+        let mut next = 0u16;
+        for (i, u) in used.iter().enumerate() {
+            if *u {
+                renumbered[i] = next;
+                next = next.saturating_add(1);
+            }
+        }
+        let mut i = 0;
+        self.words.retain(|_| {
+            i += 1;
+            used[i - 1]
+        });
+        self.kept = self.words.len();
+        // Every index in use was marked above, so it maps to its word's new position.
+        let renumber = |i: &mut u16| *i = renumbered.get(usize::from(*i)).copied().unwrap_or(0);
+        runs.iter_mut().for_each(|r| renumber(&mut r.kind));
+        steps.iter_mut().for_each(|s| renumber(&mut s.name));
+    }
+}
 /// One series' rings, indexed by [`Window::index`].
 #[derive(Default)]
 struct LatencyWindows {
@@ -527,7 +843,12 @@ mod tests {
         assert_eq!(starts(&h.recent("p", 10)), [T0 + 4, T0 + 3, T0 + 2]);
         assert_eq!(starts(&h.recent("p", 2)), [T0 + 4, T0 + 3]);
         assert_eq!(h.last("p").map(|r| r.started_at_ms), Some(T0 + 4));
-        assert_eq!(starts(&h.results_since("p", T0 + 3)), [T0 + 4, T0 + 3]);
+        let since: Vec<i64> = h
+            .summaries_since("p", T0 + 3)
+            .iter()
+            .map(|r| r.started_at_ms)
+            .collect();
+        assert_eq!(since, [T0 + 4, T0 + 3]);
         assert!(h.recent("unknown", 10).is_empty());
         assert!(h.last("unknown").is_none());
     }
@@ -728,7 +1049,7 @@ mod tests {
         renamed.started_at_ms = later;
         h.record_at(Arc::new(renamed), later);
         let probes = h.read();
-        let steps: Vec<&str> = probes["p"].steps.iter().map(|(n, _)| &**n).collect();
+        let steps: Vec<&str> = probes["p"].step_latency.iter().map(|(n, _)| &**n).collect();
         assert_eq!(steps, ["sign_in"]);
     }
 
@@ -744,6 +1065,183 @@ mod tests {
         assert!(h.last_failure("b").is_none());
         assert_eq!(h.percentiles_at("b", Window::OneHour, T0), None);
         assert!(h.last("c").is_some());
+    }
+
+    /// A two-step result as the engine makes it: a uuid id, phases, one passing and (unless the
+    /// run passed) one failing assertion on the second step.
+    fn detailed(i: i64, outcome: Outcome) -> Arc<ProbeResult> {
+        let assertion = |result: Outcome, expr: &str| AssertResult {
+            expr: expr.to_string(),
+            result,
+            actual: Some(format!("{i}")),
+            expected: "200".to_string(),
+            message: None,
+        };
+        let mut second = StepResult {
+            result: outcome,
+            duration: Duration::from_micros(2_500 + i as u64),
+            status: Some(if outcome.is_pass() { 200 } else { 503 }),
+            phases: Some(patrol_probes::result::Phases::default()),
+            asserts: vec![assertion(Outcome::Pass, "status < 600")],
+            artifacts: if outcome.is_pass() {
+                Vec::new()
+            } else {
+                vec![format!("p/{i}/body.txt")]
+            },
+            ..StepResult::skipped("cart")
+        };
+        if !outcome.is_pass() {
+            second
+                .asserts
+                .push(assertion(Outcome::Fail, "status == 200"));
+            second.error = Some("status was 503".to_string());
+        }
+        Arc::new(ProbeResult {
+            id: uuid::Uuid::new_v4().simple().to_string(),
+            name: "p".to_string(),
+            kind: "http".to_string(),
+            result: outcome,
+            duration: Duration::from_micros(5_000 + i as u64),
+            attempts: 1,
+            first_attempt: outcome,
+            started_at_ms: T0 + i,
+            steps: vec![
+                StepResult {
+                    result: Outcome::Pass,
+                    duration: Duration::from_micros(2_000),
+                    status: Some(200),
+                    phases: Some(patrol_probes::result::Phases::default()),
+                    asserts: vec![assertion(Outcome::Pass, "status == 200")],
+                    ..StepResult::skipped("login")
+                },
+                second,
+            ],
+            retried: Vec::new(),
+            error: None,
+        })
+    }
+
+    #[test]
+    fn older_runs_are_compact_but_keep_the_schema_and_their_failures() {
+        let h = History::new(100);
+        let recorded: Vec<Arc<ProbeResult>> = (0..150)
+            .map(|i| {
+                detailed(
+                    i,
+                    if i % 10 == 3 {
+                        Outcome::Fail
+                    } else {
+                        Outcome::Pass
+                    },
+                )
+            })
+            .collect();
+        for r in &recorded {
+            h.record_at(Arc::clone(r), r.started_at_ms);
+        }
+        let runs = h.recent("p", 1000);
+        assert_eq!(runs.len(), 100);
+        assert_eq!(
+            starts(&h.recent("p", 7)),
+            (143..150).rev().map(|i| T0 + i).collect::<Vec<_>>()
+        );
+        for (kept, original) in runs.iter().zip(recorded.iter().rev()) {
+            let age = T0 + 149 - original.started_at_ms;
+            if age < FULL_RESULTS as i64 {
+                // The newest in full.
+                assert!(Arc::ptr_eq(kept, original));
+                continue;
+            }
+            // What a compact record keeps, exactly.
+            let mut expected = (**original).clone();
+            for step in &mut expected.steps {
+                step.phases = None;
+                if expected.result.is_pass() {
+                    step.asserts.clear();
+                } else {
+                    step.asserts.retain(|a| !a.result.is_pass());
+                }
+            }
+            assert_eq!(**kept, expected);
+        }
+        // The verify report's schema: the same keys as a full result, minus what is omitted.
+        let json = serde_json::to_value(&*runs[99]).unwrap_or_default();
+        let keys: Vec<&str> = json
+            .as_object()
+            .map(|o| o.keys().map(String::as_str).collect())
+            .unwrap_or_default();
+        assert_eq!(
+            keys,
+            [
+                "attempts",
+                "duration_seconds",
+                "first_attempt",
+                "id",
+                "name",
+                "result",
+                "started_at_ms",
+                "steps",
+                "type"
+            ]
+        );
+        // The last failure, long out of the full results, keeps its failing assertion in the
+        // list, and in full (passing assertions included) as the last failure.
+        let failure = runs
+            .iter()
+            .find(|r| !r.result.is_pass())
+            .map(|r| r.steps[1].clone());
+        assert_eq!(failure.as_ref().map(|s| s.asserts.len()), Some(1));
+        assert_eq!(
+            failure.as_ref().and_then(|s| s.error.clone()).as_deref(),
+            Some("status was 503")
+        );
+        assert_eq!(
+            failure.map(|s| s.artifacts),
+            Some(vec!["p/143/body.txt".to_string()])
+        );
+        let last_failure = h.last_failure("p");
+        assert_eq!(last_failure.map(|r| r.steps[1].asserts.len()), Some(2));
+        // Summaries cover every kept run.
+        let summaries = h.summaries("p", 1000);
+        assert_eq!(summaries.len(), 100);
+        assert_eq!(summaries.iter().filter(|r| !r.result.is_pass()).count(), 10);
+        assert_eq!(summaries[0].duration, Duration::from_micros(5_149));
+    }
+
+    #[test]
+    fn renamed_steps_keep_their_names_through_word_cleanups() {
+        let h = History::new(10);
+        for i in 0..300 {
+            let mut r = (*result("p", Outcome::Pass, T0 + i, 10)).clone();
+            r.steps[1].name = format!("step-{i}");
+            h.record_at(Arc::new(r), T0 + i);
+        }
+        let names: Vec<String> = h
+            .recent("p", 10)
+            .iter()
+            .map(|r| r.steps[1].name.clone())
+            .collect();
+        let expected: Vec<String> = (290..300).rev().map(|i| format!("step-{i}")).collect();
+        assert_eq!(names, expected);
+        assert!(h.read()["p"].words.words.len() < 2 * WORDS_BEFORE_CLEANUP);
+    }
+
+    #[test]
+    fn a_ring_smaller_than_the_full_results() {
+        let h = History::new(2);
+        for i in 0..4 {
+            h.record_at(result("p", Outcome::Pass, T0 + i, 10), T0 + i);
+        }
+        assert_eq!(starts(&h.recent("p", 10)), [T0 + 3, T0 + 2]);
+        let probes = h.read();
+        assert_eq!((probes["p"].full.len(), probes["p"].steps.len()), (2, 4));
+    }
+
+    #[test]
+    fn compact_records_stay_compact() {
+        // The sizes the module docs and BENCHMARKS.md §4 count on.
+        assert!(std::mem::size_of::<RunRecord>() <= 56);
+        assert!(std::mem::size_of::<StepRecord>() <= 12);
     }
 
     #[test]

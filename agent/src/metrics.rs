@@ -6,18 +6,25 @@
 //! the agent's own series are `patrol_*`. Labels are bounded: probe, step, phase, location,
 //! type, result and a few fixed vocabularies; never a URL, error text or user data.
 //!
+//! The `probe_*` series live in a compact store of their own (`series`), written straight to
+//! text; the agent's few `patrol_*` series use the prometheus crate's registry.
+//!
 //! Every metric has a fixed label set. `track` (stable/canary/baseline) is not a label yet:
 //! runs recorded with a track share the untracked series.
+
+mod series;
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use patrol_probes::result::{Outcome, Phases, ProbeResult};
+use patrol_probes::result::{Outcome, ProbeResult};
 use prometheus::core::{Collector, MetricVec, MetricVecBuilder};
 use prometheus::{
-    Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Gauge, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
+
+use series::ProbeSeriesStore;
 
 /// Buckets for whole-probe, step and web-vital latencies: synthetic checks take 5 ms to 30 s.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -46,42 +53,31 @@ const RUN_RESULTS: [Outcome; 4] = [
     Outcome::Timeout,
 ];
 
-/// Every metric Patrol exports, registered in its own registry.
+/// Buckets for the wait for a run slot: none at all unless `max_concurrency` runs are already
+/// going, then up to a run's length.
+const QUEUE_WAIT_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Bytes of exposition text handed out at a time by [`Metrics::render_chunks`]: small enough
+/// that a scrape of thousands of probes never holds the whole text, large enough to be cheap.
+pub const RENDER_CHUNK_BYTES: usize = 64 * 1024;
+
+/// Every metric Patrol exports: the `probe_*` series in a compact store of their own, the
+/// agent's `patrol_*` series in a prometheus registry.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
     /// The `location` label value of every probe series.
     location: String,
-
-    // probe_* {probe, type, location}
-    success: GaugeVec,
-    duration: GaugeVec,
-    all_duration: HistogramVec,
-    /// Also labelled `result`.
-    runs: IntCounterVec,
-    first_attempt_success: GaugeVec,
-
-    // probe_step_* {probe, step, type, location}
-    step_duration: HistogramVec,
-    step_success: GaugeVec,
-
-    // probe_http_* {probe, step, [phase,] location}
-    phase_duration: GaugeVec,
-    phase_all_duration: HistogramVec,
-    status_code: GaugeVec,
-
-    /// {probe, location}
-    cert_expiry: GaugeVec,
-    /// {probe, version, location}
-    tls_version: GaugeVec,
-    /// {probe, location}
-    dns_lookup: GaugeVec,
-    /// {probe, vital, location}
-    web_vital: HistogramVec,
+    /// Every `probe_*` series (labels probe and location, plus step, phase, type, result,
+    /// vital or version where they apply).
+    probes: ProbeSeriesStore,
 
     // patrol_*
     runs_skipped: IntCounterVec,
     scheduler_lag: Histogram,
+    run_queue_wait: Histogram,
     runs_in_flight: IntGauge,
     build_info: IntGaugeVec,
     config_reloads: IntCounterVec,
@@ -92,13 +88,6 @@ pub struct Metrics {
     deploy_timestamp: Gauge,
 }
 
-/// Labels of the per-probe series.
-const PROBE_LABELS: &[&str] = &["probe", "type", "location"];
-/// Labels of the per-step series.
-const STEP_LABELS: &[&str] = &["probe", "step", "type", "location"];
-/// Labels of the per-phase series.
-const PHASE_LABELS: &[&str] = &["probe", "step", "phase", "location"];
-
 impl Metrics {
     /// Creates and registers every metric; `location` labels all probe series.
     pub fn new(location: &str) -> Metrics {
@@ -106,151 +95,7 @@ impl Metrics {
         let r = &registry;
         let metrics = Metrics {
             location: location.to_string(),
-            success: register(
-                r,
-                GaugeVec::new(
-                    Opts::new(
-                        "probe_success",
-                        "Whether the last run passed (1) or not (0).",
-                    ),
-                    PROBE_LABELS,
-                ),
-            ),
-            duration: register(
-                r,
-                GaugeVec::new(
-                    Opts::new(
-                        "probe_duration_seconds",
-                        "Duration of the last run, retries included.",
-                    ),
-                    PROBE_LABELS,
-                ),
-            ),
-            all_duration: register(
-                r,
-                HistogramVec::new(
-                    HistogramOpts::new(
-                        "probe_all_duration_seconds",
-                        "Duration of every run, retries included.",
-                    )
-                    .buckets(LATENCY_BUCKETS.to_vec()),
-                    PROBE_LABELS,
-                ),
-            ),
-            runs: register(
-                r,
-                IntCounterVec::new(
-                    Opts::new(
-                        "probe_runs_total",
-                        "Runs by result: pass, fail, error, timeout.",
-                    ),
-                    &["probe", "type", "location", "result"],
-                ),
-            ),
-            first_attempt_success: register(
-                r,
-                GaugeVec::new(
-                    Opts::new(
-                        "probe_first_attempt_success",
-                        "Whether the last run passed without a retry (1) or not (0).",
-                    ),
-                    PROBE_LABELS,
-                ),
-            ),
-            step_duration: register(
-                r,
-                HistogramVec::new(
-                    HistogramOpts::new(
-                        "probe_step_duration_seconds",
-                        "Duration of every step that ran (skipped steps are not observed).",
-                    )
-                    .buckets(LATENCY_BUCKETS.to_vec()),
-                    STEP_LABELS,
-                ),
-            ),
-            step_success: register(
-                r,
-                GaugeVec::new(
-                    Opts::new(
-                        "probe_step_success",
-                        "Whether the step passed in the last run (1) or not (0, also when skipped).",
-                    ),
-                    STEP_LABELS,
-                ),
-            ),
-            phase_duration: register(
-                r,
-                GaugeVec::new(
-                    Opts::new(
-                        "probe_http_duration_seconds",
-                        "Network phase durations of the step in the last run: resolve, connect, \
-                         tls, processing, transfer.",
-                    ),
-                    PHASE_LABELS,
-                ),
-            ),
-            phase_all_duration: register(
-                r,
-                HistogramVec::new(
-                    HistogramOpts::new(
-                        "probe_http_all_duration_seconds",
-                        "Network phase durations of the step over every run.",
-                    )
-                    .buckets(PHASE_BUCKETS.to_vec()),
-                    PHASE_LABELS,
-                ),
-            ),
-            status_code: register(
-                r,
-                GaugeVec::new(
-                    Opts::new(
-                        "probe_http_status_code",
-                        "HTTP status of the step in the last run (0 when no response).",
-                    ),
-                    &["probe", "step", "location"],
-                ),
-            ),
-            cert_expiry: register(
-                r,
-                GaugeVec::new(
-                    Opts::new(
-                        "probe_ssl_earliest_cert_expiry",
-                        "Unix seconds at which the earliest certificate seen by the probe expires.",
-                    ),
-                    &["probe", "location"],
-                ),
-            ),
-            tls_version: register(
-                r,
-                GaugeVec::new(
-                    Opts::new(
-                        "probe_tls_version_info",
-                        "1, labelled with the TLS version the probe last negotiated.",
-                    ),
-                    &["probe", "version", "location"],
-                ),
-            ),
-            dns_lookup: register(
-                r,
-                GaugeVec::new(
-                    Opts::new(
-                        "probe_dns_lookup_time_seconds",
-                        "Time the last run of a dns probe spent on its queries.",
-                    ),
-                    &["probe", "location"],
-                ),
-            ),
-            web_vital: register(
-                r,
-                HistogramVec::new(
-                    HistogramOpts::new(
-                        "probe_browser_web_vital_seconds",
-                        "Browser timings: ttfb, fcp, lcp, dom_content_loaded, load.",
-                    )
-                    .buckets(LATENCY_BUCKETS.to_vec()),
-                    &["probe", "vital", "location"],
-                ),
-            ),
+            probes: ProbeSeriesStore::default(),
             runs_skipped: register(
                 r,
                 IntCounterVec::new(
@@ -266,9 +111,21 @@ impl Metrics {
                 Histogram::with_opts(
                     HistogramOpts::new(
                         "patrol_scheduler_lag_seconds",
-                        "How late runs start compared to their schedule.",
+                        "How late runs are fired compared to their schedule (before any wait \
+                         for a run slot: see patrol_run_queue_wait_seconds).",
                     )
                     .buckets(LAG_BUCKETS.to_vec()),
+                ),
+            ),
+            run_queue_wait: register(
+                r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "patrol_run_queue_wait_seconds",
+                        "How long runs waited for a slot (agent.max_concurrency) between being \
+                         fired and starting.",
+                    )
+                    .buckets(QUEUE_WAIT_BUCKETS.to_vec()),
                 ),
             ),
             runs_in_flight: register(
@@ -356,112 +213,14 @@ impl Metrics {
     ///
     /// `_track` (stable/canary/baseline) is accepted for the callers' sake but not a label yet.
     pub fn record_run(&self, result: &ProbeResult, _track: Option<&str>) {
-        let probe = result.name.as_str();
-        let kind = result.kind.as_str();
-        let location = self.location.as_str();
-        let labels = [probe, kind, location];
-
-        self.success
-            .with_label_values(&labels)
-            .set(bool_value(result.result.is_pass()));
-        let seconds = result.duration.as_secs_f64();
-        self.duration.with_label_values(&labels).set(seconds);
-        self.all_duration
-            .with_label_values(&labels)
-            .observe(seconds);
-        self.first_attempt_success
-            .with_label_values(&labels)
-            .set(bool_value(result.first_attempt.is_pass()));
-        for outcome in RUN_RESULTS {
-            self.runs
-                .with_label_values(&[probe, kind, location, outcome.as_str()]);
-        }
-        self.runs
-            .with_label_values(&[probe, kind, location, result.result.as_str()])
-            .inc();
-
-        for step in &result.steps {
-            let step_name = step.name.as_str();
-            let step_labels = [probe, step_name, kind, location];
-            self.step_success
-                .with_label_values(&step_labels)
-                .set(bool_value(step.result.is_pass()));
-            if step.result != Outcome::Skipped {
-                self.step_duration
-                    .with_label_values(&step_labels)
-                    .observe(step.duration.as_secs_f64());
-            }
-            match &step.phases {
-                Some(phases) => self.record_phases(probe, step_name, phases),
-                // "Last run" gauges of a step that made no exchange this run would be stale.
-                None => self.forget_phases(probe, step_name),
-            }
-            // Like blackbox_exporter, 0 says "no response" for HTTP steps that got none.
-            let status = match step.status {
-                Some(code) => Some(f64::from(code)),
-                None if kind == "http" => Some(0.0),
-                None => None,
-            };
-            if let Some(status) = status {
-                self.status_code
-                    .with_label_values(&[probe, step_name, location])
-                    .set(status);
-            }
-            for (vital, seconds) in step.vitals.iter().flat_map(|v| v.iter()) {
-                self.record_web_vital(probe, vital, seconds);
-            }
-        }
-
-        // A failed run keeps the last known expiry: an outage must not hide a certificate alert.
-        if let Some(expiry) = result.earliest_cert_expiry() {
-            self.cert_expiry
-                .with_label_values(&[probe, location])
-                .set(expiry as f64);
-        }
-        // Likewise the last version seen stays; one series per probe at a time.
-        if let Some(version) = result.tls_version() {
-            forget_in(&self.tls_version, probe);
-            self.tls_version
-                .with_label_values(&[probe, version, location])
-                .set(1.0);
-        }
-        if kind == "dns"
-            && let Some(lookup) = result.lookup_time()
-        {
-            self.dns_lookup
-                .with_label_values(&[probe, location])
-                .set(lookup.as_secs_f64());
-        }
+        self.probes.record_run(result);
     }
 
-    fn record_phases(&self, probe: &str, step: &str, phases: &Phases) {
-        for (phase, duration) in phases.iter() {
-            let labels = [probe, step, phase, self.location.as_str()];
-            let seconds = duration.as_secs_f64();
-            self.phase_duration.with_label_values(&labels).set(seconds);
-            self.phase_all_duration
-                .with_label_values(&labels)
-                .observe(seconds);
-        }
-    }
-
-    fn forget_phases(&self, probe: &str, step: &str) {
-        for phase in Phases::NAMES {
-            // Err only says the series did not exist.
-            let _ = self.phase_duration.remove_label_values(&[
-                probe,
-                step,
-                phase,
-                self.location.as_str(),
-            ]);
-        }
-    }
-
-    /// Records one browser timing (`ttfb`, `fcp`, `lcp`, `dom_content_loaded`, `load`).
+    /// Records one browser timing (`ttfb`, `fcp`, `lcp`, `dom_content_loaded`, `load`); runs
+    /// record theirs through [`Metrics::record_run`].
+    #[cfg(test)]
     pub fn record_web_vital(&self, probe: &str, vital: &str, seconds: f64) {
-        self.web_vital
-            .with_label_values(&[probe, vital, self.location.as_str()])
-            .observe(seconds);
+        self.probes.record_web_vital(probe, vital, seconds);
     }
 
     /// Counts a scheduled run that was not started; `reason` is a fixed word such as
@@ -470,9 +229,14 @@ impl Metrics {
         self.runs_skipped.with_label_values(&[probe, reason]).inc();
     }
 
-    /// Records how late a run started compared to its schedule.
+    /// Records how late a run was fired compared to its schedule.
     pub fn record_scheduler_lag(&self, lag: Duration) {
         self.scheduler_lag.observe(lag.as_secs_f64());
+    }
+
+    /// Records how long a fired run waited for a run slot before it started.
+    pub fn record_queue_wait(&self, wait: Duration) {
+        self.run_queue_wait.observe(wait.as_secs_f64());
     }
 
     /// A run started: `patrol_runs_in_flight` goes up.
@@ -523,30 +287,35 @@ impl Metrics {
     /// A run of that probe still in flight would create its series again when recorded; the
     /// runner should not record runs of probes it no longer has.
     pub fn forget_probe(&self, probe: &str) {
-        forget_in(&self.success, probe);
-        forget_in(&self.duration, probe);
-        forget_in(&self.all_duration, probe);
-        forget_in(&self.runs, probe);
-        forget_in(&self.first_attempt_success, probe);
-        forget_in(&self.step_duration, probe);
-        forget_in(&self.step_success, probe);
-        forget_in(&self.phase_duration, probe);
-        forget_in(&self.phase_all_duration, probe);
-        forget_in(&self.status_code, probe);
-        forget_in(&self.cert_expiry, probe);
-        forget_in(&self.tls_version, probe);
-        forget_in(&self.dns_lookup, probe);
-        forget_in(&self.web_vital, probe);
+        self.probes.forget(probe);
         forget_in(&self.runs_skipped, probe);
     }
 
-    /// Every metric in the Prometheus text exposition format (`text/plain; version=0.0.4`).
+    /// Every metric in the Prometheus text exposition format (`text/plain; version=0.0.4`), as
+    /// one string, for tests; the server streams [`Metrics::render_chunks`].
+    #[cfg(test)]
     pub fn render(&self) -> String {
         let mut out = String::new();
+        self.render_chunks(usize::MAX, &mut |chunk| out.push_str(chunk));
+        out
+    }
+
+    /// The exposition in pieces of about `chunk` bytes, each passed to `emit`: the agent's own
+    /// series first, then the probe families. Only one piece is held at a time.
+    pub fn render_chunks(&self, chunk: usize, emit: &mut dyn FnMut(&str)) {
+        let mut out = String::with_capacity(chunk.min(RENDER_CHUNK_BYTES) + 4096);
         if let Err(e) = TextEncoder::new().encode_utf8(&self.registry.gather(), &mut out) {
             tracing::warn!(error = %e, "Metrics encoding failed.");
         }
-        out
+        let mut flush = |buf: &mut String| {
+            emit(buf);
+            buf.clear();
+        };
+        self.probes
+            .encode(&self.location, &mut out, chunk, &mut flush);
+        if !out.is_empty() {
+            emit(&out);
+        }
     }
 }
 
@@ -580,10 +349,6 @@ fn forget_in<T: MetricVecBuilder>(vec: &MetricVec<T>, probe: &str) {
     }
 }
 
-fn bool_value(b: bool) -> f64 {
-    if b { 1.0 } else { 0.0 }
-}
-
 fn unix_now_seconds() -> f64 {
     chrono::Utc::now().timestamp_millis() as f64 / 1000.0
 }
@@ -591,7 +356,7 @@ fn unix_now_seconds() -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use patrol_probes::result::StepResult;
+    use patrol_probes::result::{Phases, StepResult};
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
@@ -1003,6 +768,63 @@ mod tests {
     }
 
     #[test]
+    fn chunks_add_up_to_the_whole_and_families_stay_together() {
+        let m = Metrics::new("eu");
+        for i in 0..50 {
+            let mut r = run(Outcome::Pass, Outcome::Pass, 500, all_pass());
+            r.name = format!("p{i:02}");
+            m.record_run(&r, None);
+        }
+        let whole = m.render();
+        let mut chunks = Vec::new();
+        m.render_chunks(4096, &mut |c| chunks.push(c.to_string()));
+        assert!(chunks.len() > 10, "{} chunks", chunks.len());
+        // A piece ends with the line that reached the size.
+        assert!(
+            chunks.iter().all(|c| c.len() < 4096 + 256),
+            "{:?}",
+            chunks.iter().map(String::len).collect::<Vec<_>>()
+        );
+        assert_eq!(chunks.concat(), whole);
+        // Each family's header once, before its samples, and every sample after its header.
+        let mut seen = std::collections::HashSet::new();
+        let mut current = String::new();
+        for line in whole.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                current = rest.split(' ').next().unwrap_or_default().to_string();
+                assert!(seen.insert(current.clone()), "{current} twice");
+            } else if !line.starts_with('#') {
+                assert!(line.starts_with(&current), "{line} outside {current}");
+            }
+        }
+        // Families without samples are left out, header and all.
+        assert!(!whole.contains("probe_tls_version_info"), "{whole}");
+        // 50 probes of 3 steps. Per probe: 3 gauges, a 21-bucket histogram (24 lines), 4 run
+        // counters, a certificate-free run; per step: success, status, a 21-bucket histogram,
+        // 5 phase gauges and 5 13-bucket phase histograms (16 lines each).
+        let samples = whole.lines().filter(|l| l.starts_with("probe_")).count();
+        assert_eq!(samples, 50 * (3 + 24 + 4 + 3 * (1 + 1 + 24 + 5 + 5 * 16)));
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let m = Metrics::new("eu \"west\"");
+        let mut r = run(
+            Outcome::Pass,
+            Outcome::Pass,
+            500,
+            vec![step("a\\b\nc", Outcome::Pass, 5, Some(200))],
+        );
+        r.name = "q\"x".to_string();
+        m.record_run(&r, None);
+        assert_value(
+            &m.render(),
+            r#"probe_http_status_code{location="eu \"west\"",probe="q\"x",step="a\\b\nc"}"#,
+            "200",
+        );
+    }
+
+    #[test]
     fn agent_counters() {
         let m = Metrics::new("eu");
         let text = m.render();
@@ -1039,6 +861,9 @@ mod tests {
         m.run_finished();
         m.record_scheduler_lag(Duration::from_millis(3));
         m.record_scheduler_lag(Duration::from_millis(250));
+        m.record_queue_wait(Duration::ZERO);
+        m.record_queue_wait(Duration::from_millis(40));
+        m.record_queue_wait(Duration::from_secs(3));
         m.record_verdict("fail");
         m.record_rollback_action("dry_run");
         m.record_deploy("1.2.3", "prod");
@@ -1084,6 +909,23 @@ mod tests {
             &text,
             r#"patrol_scheduler_lag_seconds_bucket{le="0.25"}"#,
             "2",
+        );
+        assert_value(&text, "patrol_run_queue_wait_seconds_count", "3");
+        assert_value(&text, "patrol_run_queue_wait_seconds_sum", "3.04");
+        assert_value(
+            &text,
+            r#"patrol_run_queue_wait_seconds_bucket{le="0.0005"}"#,
+            "1",
+        );
+        assert_value(
+            &text,
+            r#"patrol_run_queue_wait_seconds_bucket{le="0.05"}"#,
+            "2",
+        );
+        assert_value(
+            &text,
+            r#"patrol_run_queue_wait_seconds_bucket{le="5"}"#,
+            "3",
         );
         assert_value(
             &text,

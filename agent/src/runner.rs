@@ -12,6 +12,7 @@ use patrol_probes::run::{Runtime, run_probe, unfinished as stopped};
 use patrol_probes::spec::ProbeSpec;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -91,11 +92,13 @@ impl Runner {
     /// Starts a run; the handle yields its (recorded) result.
     pub fn spawn(&self, request: RunRequest, runtime: Runtime) -> JoinHandle<Arc<ProbeResult>> {
         let this = self.clone();
+        let queued = Instant::now();
         self.tracker
-            .spawn(async move { this.run(request, runtime).await })
+            .spawn(async move { this.run(request, runtime, queued).await })
     }
 
-    async fn run(self, request: RunRequest, runtime: Runtime) -> Arc<ProbeResult> {
+    /// Runs once a run slot is free; `queued` is when the run was asked for.
+    async fn run(self, request: RunRequest, runtime: Runtime, queued: Instant) -> Arc<ProbeResult> {
         let spec = Arc::clone(&request.probe);
         let permit = tokio::select! {
             p = Arc::clone(&self.permits).acquire_owned() => p.ok(),
@@ -104,6 +107,8 @@ impl Runner {
         let result = match permit {
             None => stopped(&spec, "the agent shut down before the run started"),
             Some(_permit) => {
+                // Scheduler lag is measured when a run is fired; this is the rest of its delay.
+                self.metrics.record_queue_wait(queued.elapsed());
                 self.metrics.run_started();
                 let result = self.run_isolated(&spec, runtime).await;
                 self.metrics.run_finished();

@@ -20,12 +20,11 @@ pub fn from_history(
     probes
         .iter()
         .map(|p| {
-            let runs = history.results_since(p, since_ms);
-            let kept = runs
-                .iter()
-                .filter(|r| r.started_at_ms < until_ms)
-                .map(|r| r.as_ref());
-            (p.clone(), Aggregate::of(kept))
+            let runs = history.summaries_since(p, since_ms);
+            let kept: Vec<_> = runs.iter().filter(|r| r.started_at_ms < until_ms).collect();
+            let failures = kept.iter().filter(|r| !r.result.is_pass()).count() as u64;
+            let samples = kept.iter().map(|r| r.duration.as_secs_f64()).collect();
+            (p.clone(), Aggregate::from_samples(samples, failures))
         })
         .collect()
 }

@@ -76,7 +76,7 @@ pub async fn page(State(state): State<Shared>) -> Markup {
 
 fn probe_card(state: &Shared, s: &ProbeStatus, now_ms: i64) -> Markup {
     let class = s.last_result.clone().unwrap_or_else(|| "none".into());
-    let recent = state.history.recent(&s.name, 40);
+    let recent = state.history.summaries(&s.name, 40);
     let failing_now = matches!(s.last_result.as_deref(), Some(r) if r != "pass");
     html! {
         section class={ "probe " (class) } id={ "probe-" (s.name) } {

@@ -1,0 +1,597 @@
+//! The `probe_*` series, kept compactly and written straight to the text exposition format.
+//!
+//! A prometheus `MetricVec` child costs ~0.8 KiB (its own `Desc`, label pairs, two shards of
+//! bucket counters), and `Registry::gather` copies every one before encoding. With hundreds of
+//! probes and ~250 samples each that was most of the agent's memory. Here each probe is one
+//! [`ProbeSeries`]: plain numbers behind a per-probe lock, bucket counts in one boxed slice per
+//! histogram, the probe name held once as the map key and each step name once. Families are
+//! encoded on demand, probe by probe, into chunks the caller streams out.
+//!
+//! The output is what the prometheus crate's `TextEncoder` wrote for the same series: families
+//! with `# HELP` and `# TYPE` lines, label pairs sorted by name, `le` last, values with Rust's
+//! `f64` formatting, families without samples left out.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::{Mutex, PoisonError, RwLock};
+
+use patrol_probes::result::{Outcome, Phases, ProbeResult};
+
+use super::{LATENCY_BUCKETS, PHASE_BUCKETS, RUN_RESULTS};
+
+/// Every probe's series, by probe name (sorted, as the exposition lists them).
+#[derive(Debug, Default)]
+pub(super) struct ProbeSeriesStore {
+    probes: RwLock<BTreeMap<Box<str>, Mutex<ProbeSeries>>>,
+}
+
+/// One probe's series. `None` and absent entries are series that do not exist (yet).
+#[derive(Debug, Default)]
+struct ProbeSeries {
+    /// The `type` label.
+    kind: Box<str>,
+    /// Created by the probe's first recorded run.
+    run: Option<RunSeries>,
+    steps: Vec<StepSeries>,
+    cert_expiry: Option<f64>,
+    tls_version: Option<Box<str>>,
+    dns_lookup: Option<f64>,
+    vitals: Vec<(Box<str>, Buckets)>,
+}
+
+/// Whole-run series.
+#[derive(Debug)]
+struct RunSeries {
+    success: f64,
+    duration: f64,
+    first_attempt_success: f64,
+    all_duration: Buckets,
+    /// `probe_runs_total` by [`RUN_RESULTS`] position.
+    runs: [u64; RUN_RESULTS.len()],
+}
+
+/// One step's series.
+#[derive(Debug)]
+struct StepSeries {
+    name: Box<str>,
+    success: f64,
+    /// Created when the step first runs (skipped steps are not observed).
+    duration: Option<Buckets>,
+    status: Option<f64>,
+    /// Last run's phases, in [`Phases::NAMES`] order; gone when the last run made no exchange.
+    phases: Option<[f64; 5]>,
+    /// Every run's phases, in [`Phases::NAMES`] order.
+    all_phases: Option<Box<[Buckets; 5]>>,
+}
+
+/// A histogram's counts: per bucket (not cumulative), plus sum and count.
+#[derive(Debug)]
+struct Buckets {
+    counts: Box<[u64]>,
+    sum: f64,
+    count: u64,
+}
+
+impl Buckets {
+    fn new(bounds: &[f64]) -> Buckets {
+        Buckets {
+            counts: vec![0; bounds.len()].into_boxed_slice(),
+            sum: 0.0,
+            count: 0,
+        }
+    }
+
+    /// Counts `v` in the first bucket whose upper bound is at least `v`, as prometheus does.
+    fn observe(&mut self, bounds: &[f64], v: f64) {
+        if let Some(i) = bounds.iter().position(|b| v <= *b)
+            && let Some(c) = self.counts.get_mut(i)
+        {
+            *c += 1;
+        }
+        self.sum += v;
+        self.count += 1;
+    }
+}
+
+impl ProbeSeriesStore {
+    /// Records one finished run (see `Metrics::record_run`).
+    pub(super) fn record_run(&self, result: &ProbeResult) {
+        self.with_probe(&result.name, |p| p.record_run(result));
+    }
+
+    /// Records one browser timing.
+    #[cfg(test)]
+    pub(super) fn record_web_vital(&self, probe: &str, vital: &str, seconds: f64) {
+        self.with_probe(probe, |p| p.record_web_vital(vital, seconds));
+    }
+
+    /// Drops every series of `probe`.
+    pub(super) fn forget(&self, probe: &str) {
+        self.probes
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(probe);
+    }
+
+    fn with_probe(&self, probe: &str, f: impl FnOnce(&mut ProbeSeries)) {
+        {
+            let probes = self.probes.read().unwrap_or_else(PoisonError::into_inner);
+            if let Some(series) = probes.get(probe) {
+                f(&mut series.lock().unwrap_or_else(PoisonError::into_inner));
+                return;
+            }
+        }
+        let mut probes = self.probes.write().unwrap_or_else(PoisonError::into_inner);
+        let series = probes.entry(probe.into()).or_default();
+        f(series.get_mut().unwrap_or_else(PoisonError::into_inner));
+    }
+
+    /// Writes every family into `out`, calling `flush` whenever `out` holds `chunk` bytes or
+    /// more after a line (and not at the end: the caller takes what is left).
+    pub(super) fn encode(
+        &self,
+        location: &str,
+        out: &mut String,
+        chunk: usize,
+        flush: &mut dyn FnMut(&mut String),
+    ) {
+        let probes = self.probes.read().unwrap_or_else(PoisonError::into_inner);
+        let mut w = Writer {
+            out,
+            chunk,
+            flush,
+            name: "",
+            flushed: false,
+        };
+        let location = escape(location);
+        for family in FAMILIES {
+            w.family(family, &location, &probes);
+        }
+    }
+}
+
+impl ProbeSeries {
+    fn record_run(&mut self, result: &ProbeResult) {
+        if *self.kind != *result.kind {
+            // A reload gave the name to a probe of another type: its series start afresh.
+            *self = ProbeSeries {
+                kind: result.kind.as_str().into(),
+                ..ProbeSeries::default()
+            };
+        }
+        let seconds = result.duration.as_secs_f64();
+        let run = self.run.get_or_insert_with(|| RunSeries {
+            success: 0.0,
+            duration: 0.0,
+            first_attempt_success: 0.0,
+            all_duration: Buckets::new(LATENCY_BUCKETS),
+            runs: [0; RUN_RESULTS.len()],
+        });
+        run.success = bool_value(result.result.is_pass());
+        run.duration = seconds;
+        run.first_attempt_success = bool_value(result.first_attempt.is_pass());
+        run.all_duration.observe(LATENCY_BUCKETS, seconds);
+        if let Some(i) = RUN_RESULTS.iter().position(|o| *o == result.result) {
+            run.runs[i] += 1;
+        }
+
+        let http = result.kind == "http";
+        for step in &result.steps {
+            let series = match self.steps.iter().position(|s| *s.name == *step.name) {
+                Some(i) => &mut self.steps[i],
+                None => {
+                    self.steps.push(StepSeries {
+                        name: step.name.as_str().into(),
+                        success: 0.0,
+                        duration: None,
+                        status: None,
+                        phases: None,
+                        all_phases: None,
+                    });
+                    let last = self.steps.len() - 1;
+                    &mut self.steps[last]
+                }
+            };
+            series.success = bool_value(step.result.is_pass());
+            if step.result != Outcome::Skipped {
+                series
+                    .duration
+                    .get_or_insert_with(|| Buckets::new(LATENCY_BUCKETS))
+                    .observe(LATENCY_BUCKETS, step.duration.as_secs_f64());
+            }
+            match &step.phases {
+                Some(phases) => {
+                    let seconds = phases.iter().map(|(_, d)| d.as_secs_f64());
+                    let all = series.all_phases.get_or_insert_with(|| {
+                        Box::new(std::array::from_fn(|_| Buckets::new(PHASE_BUCKETS)))
+                    });
+                    let mut last = [0.0; 5];
+                    for ((slot, buckets), v) in last.iter_mut().zip(all.iter_mut()).zip(seconds) {
+                        *slot = v;
+                        buckets.observe(PHASE_BUCKETS, v);
+                    }
+                    series.phases = Some(last);
+                }
+                // "Last run" gauges of a step that made no exchange this run would be stale.
+                None => series.phases = None,
+            }
+            // Like blackbox_exporter, 0 says "no response" for HTTP steps that got none.
+            match step.status {
+                Some(code) => series.status = Some(f64::from(code)),
+                None if http => series.status = Some(0.0),
+                None => {}
+            }
+            for (vital, seconds) in step.vitals.iter().flat_map(|v| v.iter()) {
+                self.record_web_vital(vital, seconds);
+            }
+        }
+
+        // A failed run keeps the last known expiry: an outage must not hide a certificate alert.
+        if let Some(expiry) = result.earliest_cert_expiry() {
+            self.cert_expiry = Some(expiry as f64);
+        }
+        // Likewise the last version seen stays; one series per probe at a time.
+        if let Some(version) = result.tls_version() {
+            self.tls_version = Some(version.into());
+        }
+        if result.kind == "dns"
+            && let Some(lookup) = result.lookup_time()
+        {
+            self.dns_lookup = Some(lookup.as_secs_f64());
+        }
+    }
+
+    fn record_web_vital(&mut self, vital: &str, seconds: f64) {
+        let buckets = match self.vitals.iter().position(|(v, _)| **v == *vital) {
+            Some(i) => &mut self.vitals[i].1,
+            None => {
+                self.vitals
+                    .push((vital.into(), Buckets::new(LATENCY_BUCKETS)));
+                let last = self.vitals.len() - 1;
+                &mut self.vitals[last].1
+            }
+        };
+        buckets.observe(LATENCY_BUCKETS, seconds);
+    }
+}
+
+fn bool_value(b: bool) -> f64 {
+    if b { 1.0 } else { 0.0 }
+}
+
+/// A metric family of probe series: its name, help, type, and the samples of one probe.
+struct Family {
+    name: &'static str,
+    help: &'static str,
+    kind: FamilyKind,
+    /// Writes the samples of one probe: (writer, location, probe, series), label values escaped.
+    samples: fn(&mut Writer<'_>, &str, &str, &ProbeSeries),
+}
+
+#[derive(Clone, Copy)]
+enum FamilyKind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+impl FamilyKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            FamilyKind::Counter => "counter",
+            FamilyKind::Gauge => "gauge",
+            FamilyKind::Histogram => "histogram",
+        }
+    }
+}
+
+/// Every probe family, in the exposition's order (by name, as `Registry::gather` sorted them).
+/// Label pairs are written sorted by name.
+const FAMILIES: &[Family] = &[
+    Family {
+        name: "probe_all_duration_seconds",
+        help: "Duration of every run, retries included.",
+        kind: FamilyKind::Histogram,
+        samples: |w, loc, probe, s| {
+            if let Some(run) = &s.run {
+                let labels = [("location", loc), ("probe", probe), ("type", &*s.kind)];
+                w.histogram(&labels, LATENCY_BUCKETS, &run.all_duration);
+            }
+        },
+    },
+    Family {
+        name: "probe_browser_web_vital_seconds",
+        help: "Browser timings: ttfb, fcp, lcp, dom_content_loaded, load.",
+        kind: FamilyKind::Histogram,
+        samples: |w, loc, probe, s| {
+            for (vital, buckets) in &s.vitals {
+                let vital = escape(vital);
+                let labels = [("location", loc), ("probe", probe), ("vital", &*vital)];
+                w.histogram(&labels, LATENCY_BUCKETS, buckets);
+            }
+        },
+    },
+    Family {
+        name: "probe_dns_lookup_time_seconds",
+        help: "Time the last run of a dns probe spent on its queries.",
+        kind: FamilyKind::Gauge,
+        samples: |w, loc, probe, s| {
+            if let Some(v) = s.dns_lookup {
+                let labels = [("location", loc), ("probe", probe)];
+                w.sample("", &labels, None, v);
+            }
+        },
+    },
+    Family {
+        name: "probe_duration_seconds",
+        help: "Duration of the last run, retries included.",
+        kind: FamilyKind::Gauge,
+        samples: |w, loc, probe, s| {
+            if let Some(run) = &s.run {
+                let labels = [("location", loc), ("probe", probe), ("type", &*s.kind)];
+                w.sample("", &labels, None, run.duration);
+            }
+        },
+    },
+    Family {
+        name: "probe_first_attempt_success",
+        help: "Whether the last run passed without a retry (1) or not (0).",
+        kind: FamilyKind::Gauge,
+        samples: |w, loc, probe, s| {
+            if let Some(run) = &s.run {
+                let labels = [("location", loc), ("probe", probe), ("type", &*s.kind)];
+                w.sample("", &labels, None, run.first_attempt_success);
+            }
+        },
+    },
+    Family {
+        name: "probe_http_all_duration_seconds",
+        help: "Network phase durations of the step over every run.",
+        kind: FamilyKind::Histogram,
+        samples: |w, loc, probe, s| {
+            for step in &s.steps {
+                let Some(all) = &step.all_phases else {
+                    continue;
+                };
+                let name = escape(&step.name);
+                for (phase, buckets) in Phases::NAMES.iter().zip(all.iter()) {
+                    let labels = [
+                        ("location", loc),
+                        ("phase", *phase),
+                        ("probe", probe),
+                        ("step", &*name),
+                    ];
+                    w.histogram(&labels, PHASE_BUCKETS, buckets);
+                }
+            }
+        },
+    },
+    Family {
+        name: "probe_http_duration_seconds",
+        help: "Network phase durations of the step in the last run: resolve, connect, tls, \
+               processing, transfer.",
+        kind: FamilyKind::Gauge,
+        samples: |w, loc, probe, s| {
+            for step in &s.steps {
+                let Some(last) = &step.phases else { continue };
+                let name = escape(&step.name);
+                for (phase, v) in Phases::NAMES.iter().zip(last) {
+                    let labels = [
+                        ("location", loc),
+                        ("phase", *phase),
+                        ("probe", probe),
+                        ("step", &*name),
+                    ];
+                    w.sample("", &labels, None, *v);
+                }
+            }
+        },
+    },
+    Family {
+        name: "probe_http_status_code",
+        help: "HTTP status of the step in the last run (0 when no response).",
+        kind: FamilyKind::Gauge,
+        samples: |w, loc, probe, s| {
+            for step in &s.steps {
+                let Some(status) = step.status else { continue };
+                let name = escape(&step.name);
+                let labels = [("location", loc), ("probe", probe), ("step", &*name)];
+                w.sample("", &labels, None, status);
+            }
+        },
+    },
+    Family {
+        name: "probe_runs_total",
+        help: "Runs by result: pass, fail, error, timeout.",
+        kind: FamilyKind::Counter,
+        samples: |w, loc, probe, s| {
+            // Every result exists at zero from the first run, so increase() sees the first
+            // failure.
+            if let Some(run) = &s.run {
+                for (outcome, n) in RUN_RESULTS.iter().zip(run.runs) {
+                    let labels = [
+                        ("location", loc),
+                        ("probe", probe),
+                        ("result", outcome.as_str()),
+                        ("type", &*s.kind),
+                    ];
+                    w.sample("", &labels, None, n as f64);
+                }
+            }
+        },
+    },
+    Family {
+        name: "probe_ssl_earliest_cert_expiry",
+        help: "Unix seconds at which the earliest certificate seen by the probe expires.",
+        kind: FamilyKind::Gauge,
+        samples: |w, loc, probe, s| {
+            if let Some(v) = s.cert_expiry {
+                let labels = [("location", loc), ("probe", probe)];
+                w.sample("", &labels, None, v);
+            }
+        },
+    },
+    Family {
+        name: "probe_step_duration_seconds",
+        help: "Duration of every step that ran (skipped steps are not observed).",
+        kind: FamilyKind::Histogram,
+        samples: |w, loc, probe, s| {
+            for step in &s.steps {
+                let Some(buckets) = &step.duration else {
+                    continue;
+                };
+                let name = escape(&step.name);
+                let labels = [
+                    ("location", loc),
+                    ("probe", probe),
+                    ("step", &*name),
+                    ("type", &*s.kind),
+                ];
+                w.histogram(&labels, LATENCY_BUCKETS, buckets);
+            }
+        },
+    },
+    Family {
+        name: "probe_step_success",
+        help: "Whether the step passed in the last run (1) or not (0, also when skipped).",
+        kind: FamilyKind::Gauge,
+        samples: |w, loc, probe, s| {
+            for step in &s.steps {
+                let name = escape(&step.name);
+                let labels = [
+                    ("location", loc),
+                    ("probe", probe),
+                    ("step", &*name),
+                    ("type", &*s.kind),
+                ];
+                w.sample("", &labels, None, step.success);
+            }
+        },
+    },
+    Family {
+        name: "probe_success",
+        help: "Whether the last run passed (1) or not (0).",
+        kind: FamilyKind::Gauge,
+        samples: |w, loc, probe, s| {
+            if let Some(run) = &s.run {
+                let labels = [("location", loc), ("probe", probe), ("type", &*s.kind)];
+                w.sample("", &labels, None, run.success);
+            }
+        },
+    },
+    Family {
+        name: "probe_tls_version_info",
+        help: "1, labelled with the TLS version the probe last negotiated.",
+        kind: FamilyKind::Gauge,
+        samples: |w, loc, probe, s| {
+            if let Some(version) = &s.tls_version {
+                let version = escape(version);
+                let labels = [("location", loc), ("probe", probe), ("version", &*version)];
+                w.sample("", &labels, None, 1.0);
+            }
+        },
+    },
+];
+
+/// Writes families into a buffer handed out in chunks.
+struct Writer<'a> {
+    out: &'a mut String,
+    chunk: usize,
+    flush: &'a mut dyn FnMut(&mut String),
+    /// The family being written.
+    name: &'static str,
+    /// Whether part of the family being written has been handed out.
+    flushed: bool,
+}
+
+impl Writer<'_> {
+    fn family(
+        &mut self,
+        family: &Family,
+        location: &str,
+        probes: &BTreeMap<Box<str>, Mutex<ProbeSeries>>,
+    ) {
+        // The header goes out only with the family's first sample.
+        let header_at = self.out.len();
+        let _ = writeln!(self.out, "# HELP {} {}", family.name, family.help);
+        let _ = writeln!(self.out, "# TYPE {} {}", family.name, family.kind.as_str());
+        let header_end = self.out.len();
+        self.flushed = false;
+        for (probe, series) in probes {
+            let series = series.lock().unwrap_or_else(PoisonError::into_inner);
+            self.name = family.name;
+            (family.samples)(self, location, &escape(probe), &series);
+        }
+        if !self.flushed && self.out.len() == header_end {
+            self.out.truncate(header_at);
+        }
+    }
+
+    /// One sample line: name, suffix, labels (sorted by name), an extra label last, value.
+    fn sample(
+        &mut self,
+        suffix: &str,
+        labels: &[(&str, &str)],
+        extra: Option<(&str, &str)>,
+        value: f64,
+    ) {
+        let out = &mut *self.out;
+        out.push_str(self.name);
+        out.push_str(suffix);
+        let mut separator = '{';
+        for (label, text) in labels.iter().chain(extra.as_ref()) {
+            out.push(separator);
+            out.push_str(label);
+            out.push_str("=\"");
+            out.push_str(text);
+            out.push('"');
+            separator = ',';
+        }
+        if separator == ',' {
+            out.push('}');
+        }
+        let _ = writeln!(out, " {value}");
+        if self.out.len() >= self.chunk {
+            (self.flush)(self.out);
+            self.flushed = true;
+        }
+    }
+
+    /// A histogram's `_bucket` (cumulative, `+Inf` last), `_sum` and `_count` lines.
+    fn histogram(&mut self, labels: &[(&str, &str)], bounds: &[f64], buckets: &Buckets) {
+        let mut cumulative = 0;
+        let mut le = String::new();
+        for (bound, count) in bounds.iter().zip(buckets.counts.iter()) {
+            cumulative += count;
+            le.clear();
+            let _ = write!(le, "{bound}");
+            self.sample("_bucket", labels, Some(("le", &le)), cumulative as f64);
+        }
+        self.sample(
+            "_bucket",
+            labels,
+            Some(("le", "+Inf")),
+            buckets.count as f64,
+        );
+        self.sample("_sum", labels, None, buckets.sum);
+        self.sample("_count", labels, None, buckets.count as f64);
+    }
+}
+
+/// A label value escaped for the text format: backslash, newline and double quote.
+fn escape(value: &str) -> Cow<'_, str> {
+    if !value.contains(['\\', '\n', '"']) {
+        return Cow::Borrowed(value);
+    }
+    let mut out = String::with_capacity(value.len() + 2);
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '"' => out.push_str("\\\""),
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
