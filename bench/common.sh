@@ -2,17 +2,20 @@
 # helpers to start nginx, blackbox_exporter and the Patrol agent on loopback and read a process's
 # CPU time and memory from /proc. Everything started here is stopped on exit.
 #
-# Environment: NO_BUILD=1 skips `cargo build` (use the binaries already in target/release);
+# Environment: PROFILE picks the cargo profile (release; dist is what the image ships);
+# NO_BUILD=1 skips `cargo build` (use the binaries already in target/PROFILE);
 # BIN_DIR=DIR takes `patrol` and `citadel-shop` from DIR instead (no build), e.g. a release build
 # of a given commit; SHOP_PORT picks the shop's port (a free one by default); NO_SHOP=1 does not
 # start the shop.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BIN_DIR="${BIN_DIR:-}"
+# PROFILE=dist builds and measures what the container image ships (fat LTO); default release.
+PROFILE="${PROFILE:-release}"
 if [ -z "$BIN_DIR" ]; then
-  BIN_DIR="$ROOT/target/release"
+  BIN_DIR="$ROOT/target/$PROFILE"
   if [ -z "${NO_BUILD:-}" ]; then
-    cargo build --release --quiet -p patrol -p citadel-shop --manifest-path "$ROOT/Cargo.toml"
+    cargo build --profile "$PROFILE" --quiet -p patrol -p citadel-shop --manifest-path "$ROOT/Cargo.toml"
   fi
 fi
 WORK="$(mktemp -d)"

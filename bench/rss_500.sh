@@ -16,6 +16,8 @@
 # scrape's size, sample count and time, and RSS after it. PHASES picks the runs (default all:
 # "idle every10s full arena blackbox"). blackbox_exporter's
 # RSS for comparison: 13–24 MB (see cpu_per_probe.sh; it keeps no per-target state).
+# The image ships the dist profile (fat LTO: a smaller mapped binary); measure that by default.
+PROFILE="${PROFILE:-dist}"
 NO_SHOP=1 source "$(dirname "$0")/common.sh"
 PROBES="${PROBES:-500}"
 STEPS="${STEPS:-2}"
