@@ -1235,3 +1235,46 @@ async fn runs_waiting_for_a_slot_show_in_the_queue_wait_histogram() {
     let waited = metric(&text, "patrol_run_queue_wait_seconds_sum").unwrap_or_default();
     assert!((0.55..5.0).contains(&waited), "waited {waited} s in all");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scraper_that_stops_reading_holds_up_no_run() {
+    let shop = shop().await;
+    let scratch = Scratch::new();
+    // Enough series that /metrics (~25 KB per two-step probe) outgrows the socket buffers.
+    let probes: String = (0..300)
+        .map(|i| {
+            format!(
+                "  - name: p{i:03}\n    steps:\n      - request: {{ url: \"{{{{ api }}}}/api/health\" }}\n      \
+                 - request: {{ url: \"{{{{ api }}}}/api/categories\" }}\n"
+            )
+        })
+        .collect();
+    let agent = agent(&scratch, &config(&shop, "", &probes)).start().await;
+    let first = agent.run("{}", Some(TOKEN)).await;
+    assert_eq!(common::names(&first["probes"]).len(), 300);
+    // A scraper with a tiny receive window that asks for /metrics and never reads it.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    let mut stalled = socket.connect(agent.addr).await.expect("connect");
+    tokio::io::AsyncWriteExt::write_all(
+        &mut stalled,
+        b"GET /metrics HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n",
+    )
+    .await
+    .expect("send");
+    // Let the render fill every buffer and block on the scraper.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Every probe records its next result meanwhile, and other scrapes are served.
+    let again = tokio::time::timeout(Duration::from_secs(30), agent.run("{}", Some(TOKEN)))
+        .await
+        .expect("runs finished while a scraper stalled /metrics");
+    assert_eq!(common::names(&again["probes"]).len(), 300);
+    let text = agent.metrics().await;
+    assert_eq!(
+        runs_total(&text, "p299"),
+        2.0,
+        "{}",
+        series_of(&text, "p299").join("\n")
+    );
+    drop(stalled);
+}

@@ -164,6 +164,10 @@ impl AgentState {
                 return Err(errors);
             }
         };
+        // The runner stops recording removed probes first, so a run finishing meanwhile cannot
+        // bring back what is dropped next.
+        self.runner
+            .set_current(next.probes.iter().map(|p| p.spec.name.clone()));
         for gone in previous
             .probes
             .iter()
@@ -174,8 +178,6 @@ impl AgentState {
         let names: Vec<&str> = next.probes.iter().map(|p| p.spec.name.as_str()).collect();
         self.history.retain_probes(&names);
         let count = next.probes.len();
-        self.runner
-            .set_current(next.probes.iter().map(|p| p.spec.name.clone()));
         self.swap(Arc::clone(&next));
         slot.cancel.cancel();
         slot.cancel = start_scheduler(

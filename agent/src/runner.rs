@@ -82,10 +82,18 @@ impl Runner {
         }
     }
 
-    fn is_current(&self, name: &str) -> bool {
-        match self.current.read() {
-            Ok(g) => g.contains(name),
-            Err(poisoned) => poisoned.into_inner().contains(name),
+    /// Records `result` in metrics and history while its probe is in the config in force. The
+    /// check and the record happen under one read lock, and a reload swaps the probe list
+    /// ([`Runner::set_current`]) before it drops a removed probe's series: a run finishing
+    /// during a reload cannot bring those series back.
+    fn record_if_current(&self, result: &Arc<ProbeResult>, track: Option<&str>) {
+        let current = self
+            .current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if current.contains(&result.name) {
+            self.metrics.record_run(result, track);
+            self.history.record(Arc::clone(result));
         }
     }
 
@@ -119,9 +127,8 @@ impl Runner {
             self.in_flight.finish(&spec.name);
         }
         let result = Arc::new(result);
-        if !self.cancel.is_cancelled() && self.is_current(&result.name) {
-            self.metrics.record_run(&result, request.track.as_deref());
-            self.history.record(Arc::clone(&result));
+        if !self.cancel.is_cancelled() {
+            self.record_if_current(&result, request.track.as_deref());
         }
         tracing::info!(
             probe = %result.name,

@@ -14,7 +14,7 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::{Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use patrol_probes::result::{Outcome, Phases, ProbeResult};
 
@@ -23,7 +23,7 @@ use super::{LATENCY_BUCKETS, PHASE_BUCKETS, RUN_RESULTS};
 /// Every probe's series, by probe name (sorted, as the exposition lists them).
 #[derive(Debug, Default)]
 pub(super) struct ProbeSeriesStore {
-    probes: RwLock<BTreeMap<Box<str>, Mutex<ProbeSeries>>>,
+    probes: RwLock<BTreeMap<Box<str>, Arc<Mutex<ProbeSeries>>>>,
 }
 
 /// One probe's series. `None` and absent entries are series that do not exist (yet).
@@ -124,11 +124,16 @@ impl ProbeSeriesStore {
         }
         let mut probes = self.probes.write().unwrap_or_else(PoisonError::into_inner);
         let series = probes.entry(probe.into()).or_default();
-        f(series.get_mut().unwrap_or_else(PoisonError::into_inner));
+        f(&mut series.lock().unwrap_or_else(PoisonError::into_inner));
     }
 
     /// Writes every family into `out`, calling `flush` whenever `out` holds `chunk` bytes or
-    /// more after a line (and not at the end: the caller takes what is left).
+    /// more after a probe's lines (and not at the end: the caller takes what is left).
+    ///
+    /// `flush` may block (it hands the text to a scraper that reads at its own pace), so no
+    /// lock is held while it runs: the probe list is copied first, and each probe's lock is
+    /// held only while its lines of one family are written. Runs recording meanwhile wait for
+    /// one probe's lines at most, never for the scraper.
     pub(super) fn encode(
         &self,
         location: &str,
@@ -136,7 +141,13 @@ impl ProbeSeriesStore {
         chunk: usize,
         flush: &mut dyn FnMut(&mut String),
     ) {
-        let probes = self.probes.read().unwrap_or_else(PoisonError::into_inner);
+        let probes: Vec<(Box<str>, Arc<Mutex<ProbeSeries>>)> = self
+            .probes
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(name, series)| (name.clone(), Arc::clone(series)))
+            .collect();
         let mut w = Writer {
             out,
             chunk,
@@ -510,7 +521,7 @@ impl Writer<'_> {
         &mut self,
         family: &Family,
         location: &str,
-        probes: &BTreeMap<Box<str>, Mutex<ProbeSeries>>,
+        probes: &[(Box<str>, Arc<Mutex<ProbeSeries>>)],
     ) {
         // The header goes out only with the family's first sample.
         let header_at = self.out.len();
@@ -519,9 +530,16 @@ impl Writer<'_> {
         let header_end = self.out.len();
         self.flushed = false;
         for (probe, series) in probes {
-            let series = series.lock().unwrap_or_else(PoisonError::into_inner);
-            self.name = family.name;
-            (family.samples)(self, location, &escape(probe), &series);
+            {
+                let series = series.lock().unwrap_or_else(PoisonError::into_inner);
+                self.name = family.name;
+                (family.samples)(self, location, &escape(probe), &series);
+            }
+            // The probe's lock is released: handing the text out may block.
+            if self.out.len() >= self.chunk {
+                (self.flush)(self.out);
+                self.flushed = true;
+            }
         }
         if !self.flushed && self.out.len() == header_end {
             self.out.truncate(header_at);
@@ -552,10 +570,6 @@ impl Writer<'_> {
             out.push('}');
         }
         let _ = writeln!(out, " {value}");
-        if self.out.len() >= self.chunk {
-            (self.flush)(self.out);
-            self.flushed = true;
-        }
     }
 
     /// A histogram's `_bucket` (cumulative, `+Inf` last), `_sum` and `_count` lines.

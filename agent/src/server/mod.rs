@@ -28,6 +28,9 @@ use subtle::ConstantTimeEq;
 use crate::daemon::AgentState;
 use crate::metrics::RENDER_CHUNK_BYTES;
 
+/// How long `/metrics` waits for a scraper that stopped reading before it gives up on it.
+const SCRAPE_STALL: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Largest request body accepted, in bytes.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
@@ -63,12 +66,20 @@ async fn metrics(State(state): State<Shared>) -> Response {
     // worker that would hold up the scheduler's fires, so it runs on the blocking pool. It is
     // streamed in pieces of RENDER_CHUNK_BYTES, so the agent never holds the whole text (12 MiB
     // for 500 two-step probes), which the allocator would keep afterwards.
+    // No lock is held while a piece waits for the scraper (see `ProbeSeriesStore::encode`); a
+    // scraper that stops reading for SCRAPE_STALL is dropped, and the rest goes nowhere.
     let metrics = Arc::clone(&state.metrics);
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(2);
+    let runtime = tokio::runtime::Handle::current();
     let rendering = tokio::task::spawn_blocking(move || {
+        let mut gone = false;
         metrics.render_chunks(RENDER_CHUNK_BYTES, &mut |chunk| {
-            // Err: the scraper hung up; the rest goes nowhere.
-            let _ = tx.blocking_send(Bytes::copy_from_slice(chunk.as_bytes()));
+            if gone {
+                return;
+            }
+            let piece = Bytes::copy_from_slice(chunk.as_bytes());
+            let sent = runtime.block_on(tokio::time::timeout(SCRAPE_STALL, tx.send(piece)));
+            gone = !matches!(sent, Ok(Ok(())));
         });
     });
     drop(rendering);
