@@ -1844,7 +1844,7 @@ fn dockerfile_builds_patrol_and_carries_chromium() {
         "a Debian runtime image: {froms:?}"
     );
     for needle in [
-        "cargo build --release --locked -p patrol",
+        "cargo build --profile dist --locked -p patrol",
         "chromium",
         "chromium-driver",
         "USER 65532",
