@@ -1,22 +1,32 @@
 #!/usr/bin/env python3
 """Decision quality of deploy verification: simulated deploys against the reference shop, each
-judged by a real agent's POST /api/v1/verify with deploy.at_ms at the moment of the change.
+judged twice, by the rule verdict and by the canary verdict, both from the real `patrol` release
+binary:
+  - rule:   a running agent's POST /api/v1/verify with deploy.at_ms at the moment of the change:
+            RUNS post-deploy runs per probe (500 ms apart) against the agent's own scheduled runs
+            of the baseline window before the deploy;
+  - canary: `patrol verify --canary --runs RUNS`: the same probes against a stable shop (never
+            changed) and the deployed shop, interleaved, Mann-Whitney on latencies and Fisher's
+            exact test on failures.
+Both start at the deploy moment and run side by side.
 
 Half the deploys are healthy (the shop's natural jitter only), half regressed, cycling through
   - latency: +60% latency on one route (/api/products or /api/search: latency and jitter x1.6),
   - errors:  +20 points of errors on one route (status 500 with probability 0.2),
   - checkout_down: /api/checkout/create-session answers 503.
-Reported: false rollbacks (fail on a healthy deploy), missed regressions (pass or inconclusive on
-a regressed one), inconclusive verdicts, and the time from the deploy to the verdict.
+Reported per verdict: false rollbacks (fail on a healthy deploy), missed regressions (pass or
+inconclusive on a regressed one), inconclusive verdicts, and the time from the deploy to the
+verdict.
 
-Each lane is one shop and one agent (both release binaries) on loopback; lanes run in parallel
-and each runs its share of the deploys one after another. Before every deploy the lane waits a
-whole baseline window with the shop healthy, so the baseline never holds runs of the previous
-(possibly regressed) deploy.
+Each lane is two shops (deployed and stable) and one agent (release binaries) on loopback; lanes
+run in parallel and each runs its share of the deploys one after another. Before a deploy that
+follows a regressed one, the lane waits a whole baseline window with the shop healthy again, so
+the baseline never holds runs of the regressed version.
 
 Environment:
-  DEPLOYS=200 LANES=4 RUNS=20    deploys in all, parallel lanes, post-deploy runs per probe
-  WINDOW=12                      verify.baseline in seconds (also the wait between deploys)
+  DEPLOYS=200 LANES=4 RUNS=20    deploys in all, parallel lanes, post-deploy runs per probe (and
+                                 canary runs per track)
+  WINDOW=12                      verify.baseline in seconds (also the wait after a regression)
   BASE_MS=40 JITTER_MS=40        the shop's natural latency on /api/*: BASE + uniform(0, JITTER)
   NO_BUILD=1                     use target/release as built; BIN_DIR=dir takes the binaries
                                  (patrol, citadel-shop) from elsewhere
@@ -105,6 +115,9 @@ verify:
   baseline: {window}s
   min_samples: 20
   runs: {runs}
+  canary:
+    stable: {{ api: "{stable}" }}
+    canary: {{ api: "{shop}" }}
 """
 
 
@@ -145,20 +158,51 @@ def start(argv, pattern, env=None, log=None):
     raise RuntimeError(f"{argv[0]} did not start")
 
 
+def numbers(probes, before):
+    """Per probe: the figures behind a verdict, in ms and percent."""
+
+    def p95(a):
+        return round(((a or {}).get("p95") or 0) * 1000, 1)
+
+    return {
+        p: {
+            f"{before}_runs": (n["baseline"] or {}).get("runs", 0),
+            f"{before}_p95_ms": p95(n["baseline"]),
+            f"{before}_error_rate": (n["baseline"] or {}).get("error_rate"),
+            "runs": n["current"]["runs"],
+            "p95_ms": p95(n["current"]),
+            "error_rate": n["current"]["error_rate"],
+        }
+        for p, n in probes.items()
+    }
+
+
 class Lane:
     def __init__(self, index, bin_dir, work):
         self.index = index
         self.procs = []
+        self.bin_dir = bin_dir
+        self.work = work
         shop, self.shop = start(
             [os.path.join(bin_dir, "citadel-shop"), "--listen", "127.0.0.1:0"],
             r"listening on (http://\S+)",
         )
         self.procs.append(shop)
-        self.base_fault()
+        stable, self.stable = start(
+            [os.path.join(bin_dir, "citadel-shop"), "--listen", "127.0.0.1:0"],
+            r"listening on (http://\S+)",
+        )
+        self.procs.append(stable)
+        self.base_fault(self.shop)
+        self.base_fault(self.stable)
         path = os.path.join(work, f"lane{index}.yaml")
+        self.config = path
         with open(path, "w") as f:
-            f.write(CONFIG.format(shop=self.shop, window=int(WINDOW), runs=RUNS))
+            f.write(
+                CONFIG.format(shop=self.shop, stable=self.stable, window=int(WINDOW), runs=RUNS)
+            )
         env = dict(os.environ, PATROL_API_TOKEN=TOKEN, PATROL_LOG="warn")
+        self.env = env
         log = open(os.path.join(work, f"lane{index}.log"), "w")
         agent, addr = start(
             [os.path.join(bin_dir, "patrol"), "run", "--config", path, "--listen", "127.0.0.1:0"],
@@ -169,18 +213,22 @@ class Lane:
         self.procs.append(agent)
         self.agent = addr
         self.healthy_since = time.time()
+        self.dirty = True
 
-    def fault(self, fault):
-        status, body = request("PUT", f"{self.shop}/admin/faults", fault)
+    def fault(self, fault, shop=None):
+        status, body = request("PUT", f"{shop or self.shop}/admin/faults", fault)
         assert status == 200, body
 
-    def base_fault(self):
-        self.fault({"route": "/api/*", "latency_ms": BASE_MS, "latency_jitter_ms": JITTER_MS})
+    def base_fault(self, shop):
+        self.fault(
+            {"route": "/api/*", "latency_ms": BASE_MS, "latency_jitter_ms": JITTER_MS}, shop
+        )
 
     def heal(self):
         for route in ROUTES + ["/api/checkout/create-session"]:
             request("DELETE", f"{self.shop}/admin/faults?route={route}")
         self.healthy_since = time.time()
+        self.dirty = True
 
     def regress(self, kind, n):
         route = ROUTES[(n // len(KINDS)) % len(ROUTES)]
@@ -215,14 +263,56 @@ class Lane:
         )
         return "checkout"
 
+    def canary(self, number, at, result):
+        """`patrol verify --canary` from the deploy moment; fills `result`."""
+        report = os.path.join(self.work, f"canary{number}.json")
+        proc = subprocess.run(
+            [
+                os.path.join(self.bin_dir, "patrol"),
+                "verify",
+                "--config",
+                self.config,
+                "--canary",
+                "--runs",
+                str(RUNS),
+                "--interval",
+                "100ms",
+                "--report-json",
+                report,
+            ],
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=300,
+        )
+        result["seconds"] = (now_ms() - at) / 1000.0
+        result["exit"] = proc.returncode
+        try:
+            with open(report) as f:
+                verdict = json.load(f)["verdict"]
+            os.remove(report)
+        except (OSError, ValueError, KeyError) as e:
+            result["error"] = f"exit {proc.returncode}, {e!r}: {proc.stderr[-500:]}"
+            return
+        result["verdict"] = verdict["verdict"]
+        result["reasons"] = [r for r in verdict["reasons"] if r["decision"] != "pass"]
+        result["numbers"] = numbers(verdict["probes"], "stable")
+
     def deploy(self, number, kind, n):
-        # A whole baseline window of healthy runs (plus a margin for runs in flight).
-        wait = self.healthy_since + WINDOW + 0.6 - time.time()
-        if wait > 0:
-            time.sleep(wait)
+        # After a regression, a whole baseline window of healthy runs (plus a margin for runs in
+        # flight); after a healthy deploy the baseline is healthy already.
+        if self.dirty:
+            wait = self.healthy_since + WINDOW + 0.6 - time.time()
+            if wait > 0:
+                time.sleep(wait)
+            self.dirty = False
         at = now_ms()
         time.sleep(0.06)
         target = None if kind == "healthy" else self.regress(kind, n)
+        canary = {}
+        side = threading.Thread(target=self.canary, args=(number, at, canary))
+        side.start()
         status, body = request(
             "POST",
             f"{self.agent}/api/v1/verify",
@@ -230,6 +320,7 @@ class Lane:
             token=TOKEN,
         )
         decided = now_ms()
+        side.join()
         if kind != "healthy":
             self.heal()
         assert status == 200, body
@@ -240,20 +331,13 @@ class Lane:
             "lane": self.index,
             "kind": kind,
             "target": target,
-            "verdict": answer["verdict"],
-            "seconds_to_verdict": (decided - at) / 1000.0,
-            "reasons": [r for r in details["reasons"] if r["decision"] != "pass"],
-            "numbers": {
-                p: {
-                    "baseline_runs": n["baseline"]["runs"] if n["baseline"] else 0,
-                    "baseline_p95_ms": round(((n["baseline"] or {}).get("p95") or 0) * 1000, 1),
-                    "baseline_error_rate": (n["baseline"] or {}).get("error_rate"),
-                    "runs": n["current"]["runs"],
-                    "p95_ms": round((n["current"]["p95"] or 0) * 1000, 1),
-                    "error_rate": n["current"]["error_rate"],
-                }
-                for p, n in details["probes"].items()
+            "rule": {
+                "verdict": answer["verdict"],
+                "seconds": (decided - at) / 1000.0,
+                "reasons": [r for r in details["reasons"] if r["decision"] != "pass"],
+                "numbers": numbers(details["probes"], "baseline"),
             },
+            "canary": canary,
         }
 
     def stop(self):
@@ -339,60 +423,66 @@ def main():
         for r in records:
             f.write(json.dumps(r) + "\n")
 
-    errors = [r for r in records if "error" in r]
-    ok = [r for r in records if "error" not in r]
-    healthy = [r for r in ok if r["kind"] == "healthy"]
-    regressed = [r for r in ok if r["kind"] != "healthy"]
-    times = [r["seconds_to_verdict"] for r in ok]
-
-    def count(rs, verdict):
-        return sum(1 for r in rs if r["verdict"] == verdict)
-
-    print(f"\nwall time {elapsed / 60:.1f} min; records in {out}")
+    errors = [r for r in records if "error" in r or "error" in r.get("canary", {})]
     if errors:
         print(f"{len(errors)} deploys could not be judged: {errors[:3]}")
-    print("\n| deploys | n | pass | fail | inconclusive | wrong decisions |")
-    print("|---|---:|---:|---:|---:|---|")
+    print(f"\nwall time {elapsed / 60:.1f} min; records in {out}")
+    for check in ["rule", "canary"]:
+        ok = [r for r in records if "error" not in r and "verdict" in r[check]]
+        report(check, ok)
+    return 0
+
+
+def report(check, ok):
+    healthy = [r for r in ok if r["kind"] == "healthy"]
+    regressed = [r for r in ok if r["kind"] != "healthy"]
+
+    def count(rs, verdict):
+        return sum(1 for r in rs if r[check]["verdict"] == verdict)
+
+    def times(rs):
+        ts = [r[check]["seconds"] for r in rs]
+        if not ts:
+            return "-"
+        return f"{statistics.median(ts):.1f} / {pct(ts, 0.95):.1f} / {max(ts):.1f}"
+
+    print(f"\n### {check} verdict\n")
+    print("| deploys | n | pass | fail | inconclusive | wrong | time to verdict, s (median / p95 / max) |")
+    print("|---|---:|---:|---:|---:|---|---|")
     print(
         f"| healthy | {len(healthy)} | {count(healthy, 'pass')} | {count(healthy, 'fail')} | "
-        f"{count(healthy, 'inconclusive')} | false rollbacks: {count(healthy, 'fail')} |"
+        f"{count(healthy, 'inconclusive')} | false rollbacks: {count(healthy, 'fail')} | "
+        f"{times(healthy)} |"
     )
     for kind in KINDS:
         rs = [r for r in regressed if r["kind"] == kind]
         missed = len(rs) - count(rs, "fail")
         print(
             f"| {kind} | {len(rs)} | {count(rs, 'pass')} | {count(rs, 'fail')} | "
-            f"{count(rs, 'inconclusive')} | missed: {missed} |"
+            f"{count(rs, 'inconclusive')} | missed: {missed} | {times(rs)} |"
         )
     missed = len(regressed) - count(regressed, "fail")
     print(
-        f"\nfalse rollbacks: {count(healthy, 'fail')} of {len(healthy)}; missed regressions: "
-        f"{missed} of {len(regressed)}"
+        f"\n{check}: false rollbacks {count(healthy, 'fail')} of {len(healthy)}; missed "
+        f"regressions {missed} of {len(regressed)}; inconclusive on healthy "
+        f"{count(healthy, 'inconclusive')}; time to a verdict (all) {times(ok)} s"
     )
-    if times:
-        print(
-            f"time to a verdict (deploy → answer): median {statistics.median(times):.1f}s, "
-            f"p95 {pct(times, 0.95):.1f}s, max {max(times):.1f}s"
-        )
-    for kind in ["healthy"] + KINDS:
-        ts = [r["seconds_to_verdict"] for r in ok if r["kind"] == kind]
-        if ts:
-            print(f"  {kind}: median {statistics.median(ts):.1f}s, p95 {pct(ts, 0.95):.1f}s")
-    runs = [n["baseline_runs"] for r in ok for n in r["numbers"].values()]
+    runs = [
+        v for r in ok for n in r[check]["numbers"].values() for k, v in n.items() if k.endswith("_runs")
+    ]
     if runs:
-        print(f"baseline runs per probe: min {min(runs)}, median {statistics.median(runs):.0f}")
-    wrong = [r for r in healthy if r["verdict"] != "pass"] + [
-        r for r in regressed if r["verdict"] != "fail"
+        print(f"baseline/stable runs per probe: min {min(runs)}, median {statistics.median(runs):.0f}")
+    wrong = [r for r in healthy if r[check]["verdict"] != "pass"] + [
+        r for r in regressed if r[check]["verdict"] != "fail"
     ]
     if wrong:
-        print("\nwrong or inconclusive decisions:")
+        print(f"\n{check}: wrong or inconclusive decisions:")
     for r in wrong:
-        print(f"- deploy {r['deploy']} ({r['kind']}, {r['target']}): {r['verdict']}")
-        for reason in r["reasons"]:
+        print(f"- deploy {r['deploy']} ({r['kind']}, {r['target']}): {r[check]['verdict']}")
+        for reason in r[check]["reasons"]:
             print(f"    {reason['probe']} [{reason['rule']}] {reason['message']}")
         if r["target"]:
-            print(f"    numbers of {r['target']}: {r['numbers'].get(r['target'])}")
-    return 0
+            print(f"    numbers of {r['target']}: {r[check]['numbers'].get(r['target'])}")
 
 
 if __name__ == "__main__":

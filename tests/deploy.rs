@@ -1481,12 +1481,13 @@ struct Prometheus {
 }
 
 impl Prometheus {
-    async fn start(binary: &Path, target: SocketAddr) -> Prometheus {
+    /// Prometheus scraping `target` every `interval` (e.g. `1s`).
+    async fn start(binary: &Path, target: SocketAddr, interval: &str) -> Prometheus {
         let scratch = Scratch::new();
         let config = scratch.write(
             "prometheus.yml",
             &format!(
-                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n\
+                "global:\n  scrape_interval: {interval}\n  scrape_timeout: {interval}\n\
                  scrape_configs:\n  - job_name: patrol\n    static_configs:\n      - targets: ['{target}']\n"
             ),
         );
@@ -1564,7 +1565,7 @@ async fn cli_prometheus_baseline_passes_a_healthy_deploy_and_fails_errors_and_sl
         ),
     )
     .await;
-    let prometheus = Prometheus::start(&binary, agent.addr).await;
+    let prometheus = Prometheus::start(&binary, agent.addr, "1s").await;
     // Prometheus' increase() counts from the first scrape of a series: make it exist first.
     agent.run(r#"{"probes": ["catalog"]}"#, Some(TOKEN)).await;
     eventually(
@@ -1612,8 +1613,7 @@ async fn cli_prometheus_baseline_passes_a_healthy_deploy_and_fails_errors_and_sl
         cli(&scratch, &args).await
     };
 
-    // Prometheus has no samples, so no significance test guards the p95: 20 runs, so that their
-    // p95 is not the one slowest run.
+    // 20 post-deploy runs, so that their p95 is not the one slowest run.
     let run = cli(args("20")).await;
     run.assert_code(0);
     let report: Value = serde_json::from_str(&scratch.read("report.json")).expect("JSON report");
@@ -1625,9 +1625,17 @@ async fn cli_prometheus_baseline_passes_a_healthy_deploy_and_fails_errors_and_sl
         "{report:#}"
     );
     assert_eq!(baseline["failures"], 0);
-    // From the histogram, interpolated inside the bucket of the 95th percentile.
+    // From the runs Prometheus scraped (one a second; the runs take ~200 ms each, so only 3-5
+    // of these 16 are seen), or from the histogram when fewer than 5: either way said.
     let p95 = ms(&baseline["p95"]);
     assert!(p95 >= BASE_MS, "{report:#}");
+    assert!(
+        baseline["p95_source"].as_str().is_some_and(|s| {
+            s.ends_with("scraped runs in Prometheus")
+                || s == "Prometheus histogram buckets, interpolated"
+        }),
+        "{report:#}"
+    );
 
     // Errors: every post-deploy run fails.
     shop.faults().set(products(
@@ -1646,8 +1654,7 @@ async fn cli_prometheus_baseline_passes_a_healthy_deploy_and_fails_errors_and_sl
         "error rate rose from 0.0% to 100.0% (+100.0 points, more than the 10.0 allowed)"
     );
 
-    // Four times slower: beyond what the bucketed baseline p95 can hide (it is interpolated up
-    // to the top of its bucket, e.g. 295 ms for runs of 201-210 ms in the (200ms, 300ms] bucket).
+    // Four times slower.
     shop.faults().set(products(BASE_MS * 4, Fault::default()));
     let run = cli(args("5")).await;
     run.assert_code(1);
@@ -1655,11 +1662,9 @@ async fn cli_prometheus_baseline_passes_a_healthy_deploy_and_fails_errors_and_sl
     reason(&report["verdict"], "catalog", "latency", "fail");
 }
 
-// Known product bugs, reproduced. Ignored until fixed; run with `cargo test --test deploy --
-// --ignored`. Each asserts the behaviour the issue asks for.
+// Once product bugs, reproduced and fixed: each asserts the behaviour the issue asks for.
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "product bug: /hooks/flagger answers 200 (pass) to an inconclusive verdict"]
 async fn flagger_does_not_pass_an_inconclusive_verdict() {
     let _turn = TIMING.read().await;
     let shop = shop().await;
@@ -1694,7 +1699,6 @@ async fn flagger_does_not_pass_an_inconclusive_verdict() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "product bug: each Flagger call's post-deploy runs join the next call's baseline"]
 async fn flagger_keeps_failing_a_regressed_canary_on_every_rollout_call() {
     let _turn = TIMING.write().await;
     let shop = shop().await;
@@ -1728,7 +1732,6 @@ async fn flagger_keeps_failing_a_regressed_canary_on_every_rollout_call() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "product bug: the Prometheus baseline p95 is bucket-interpolated, hiding +80%"]
 async fn cli_prometheus_baseline_catches_eighty_percent_slower() {
     let Some(binary) = tool("prometheus", "the --prometheus +80% test") else {
         return;
@@ -1746,7 +1749,10 @@ async fn cli_prometheus_baseline_catches_eighty_percent_slower() {
         ),
     )
     .await;
-    let prometheus = Prometheus::start(&binary, agent.addr).await;
+    // Scraped about as often as the runs come (as with a probe every 30 s and a 15 s scrape),
+    // so that the baseline p95 is that of ~30 runs, not the slowest of the few a 1 s scrape
+    // would see of these back-to-back runs.
+    let prometheus = Prometheus::start(&binary, agent.addr, "200ms").await;
     agent.run(r#"{"probes": ["catalog"]}"#, Some(TOKEN)).await;
     eventually(
         "Prometheus to scrape catalog",
@@ -1759,17 +1765,17 @@ async fn cli_prometheus_baseline_catches_eighty_percent_slower() {
         },
     )
     .await;
-    for _ in 0..20 {
+    for _ in 0..60 {
         agent.run(r#"{"probes": ["catalog"]}"#, Some(TOKEN)).await;
     }
     eventually(
-        "Prometheus to see 20 more runs",
+        "Prometheus to see 60 more runs",
         Duration::from_secs(30),
         async || {
             let runs = prometheus
                 .scalar(r#"sum(probe_runs_total{probe="catalog"})"#)
                 .await?;
-            (runs >= 21.0).then_some(())
+            (runs >= 61.0).then_some(())
         },
     )
     .await;
@@ -1787,10 +1793,20 @@ async fn cli_prometheus_baseline_catches_eighty_percent_slower() {
             "20",
             "--interval",
             "50ms",
+            "--report-json",
+            "report.json",
         ],
     )
     .await;
     // Runs of 201-210 ms all fall in the (0.2, 0.3] bucket; histogram_quantile puts the p95 at
-    // 295 ms, and 362 ms is only +23% of that.
+    // 295 ms, and 362 ms is only +23% of that. The scraped runs' p95 is ~210 ms.
     run.assert_code(1);
+    let report: Value = serde_json::from_str(&scratch.read("report.json")).expect("JSON report");
+    let latency = reason(&report["verdict"], "catalog", "latency", "fail");
+    assert!(
+        latency["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("scraped runs in Prometheus")),
+        "{report:#}"
+    );
 }

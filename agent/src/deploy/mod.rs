@@ -65,6 +65,7 @@ pub fn rules(config: &Config) -> Rules {
 pub fn canary_rules(config: &Config) -> CanaryRules {
     CanaryRules {
         min_samples: config.verify.min_samples.max(10),
+        error_rate_increase: config.verify.error_rate_increase,
         ..CanaryRules::default()
     }
 }

@@ -2,7 +2,9 @@
 //! - `POST /api/v1/verify` for Argo Rollouts' `web` metric provider: always 200 with JSON, pass
 //!   or fail, because Argo reads a non-JSON body as success;
 //! - `POST /hooks/flagger`: Flagger's webhook payload; 200 on pass, 500 with a short summary on
-//!   fail (Flagger passes only 200-202); one checksum is never verified twice at once;
+//!   fail, 503 on inconclusive (Flagger passes only 200-202, so too little data never passes);
+//!   one checksum is never verified twice at once, and its baseline ends when the checksum was
+//!   first seen (Flagger calls the rollout hook every interval with the same checksum);
 //! - `POST /hooks/alertmanager`: Alertmanager webhook v4; firing alerts labelled
 //!   `action="rollback"` trigger the rollback action once per fingerprint, answered 202 at once.
 
@@ -111,10 +113,47 @@ pub struct FlaggerPayload {
 /// The answer to one Flagger verification, filled in when it is known.
 type Answer = Arc<tokio::sync::Mutex<Option<(StatusCode, String)>>>;
 
-/// Flagger checksums under verification, each with its eventual answer.
+/// How many (namespace, name, checksum) first sightings are remembered; the oldest go first.
+const REMEMBERED_DEPLOYS: usize = 1024;
+
+/// Flagger checksums under verification, each with its eventual answer, and when each canary
+/// revision was first seen.
 #[derive(Debug, Default)]
 pub struct InProgress {
     running: Mutex<HashMap<String, Answer>>,
+    first_seen: Mutex<HashMap<(String, String, String), i64>>,
+}
+
+impl InProgress {
+    /// When `(namespace, name, checksum)` was first seen (unix ms), `now_ms` on the first call.
+    /// Flagger's payload carries no deploy time, and it calls the rollout hook at every analysis
+    /// interval with the same checksum: the first call is the closest thing to the deploy
+    /// moment, and ending every later call's baseline there keeps the earlier calls' post-deploy
+    /// runs out of it.
+    pub fn deploy_seen(&self, namespace: &str, name: &str, checksum: &str, now_ms: i64) -> i64 {
+        let mut seen = self
+            .first_seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let key = (
+            namespace.to_string(),
+            name.to_string(),
+            checksum.to_string(),
+        );
+        if let Some(at) = seen.get(&key) {
+            return *at;
+        }
+        if seen.len() >= REMEMBERED_DEPLOYS
+            && let Some(oldest) = seen
+                .iter()
+                .min_by_key(|(_, at)| **at)
+                .map(|(k, _)| k.clone())
+        {
+            seen.remove(&oldest);
+        }
+        seen.insert(key, now_ms);
+        now_ms
+    }
 }
 
 /// `POST /hooks/flagger`
@@ -168,11 +207,20 @@ pub async fn flagger(
     if let Some((status, text)) = answer.as_ref() {
         return (*status, text.clone()).into_response();
     }
+    // Without a checksum there is no telling revisions apart: the baseline ends at the call.
+    let at_ms = payload.checksum.as_deref().map(|checksum| {
+        state.flagger.deploy_seen(
+            &payload.namespace,
+            &payload.name,
+            checksum,
+            chrono::Utc::now().timestamp_millis(),
+        )
+    });
     let deploy = Deploy {
         version: payload.checksum.clone(),
         environment: Some(payload.namespace.clone()),
         track: None,
-        at_ms: None,
+        at_ms,
     };
     let rounds = state.loaded().config.verify.runs.clamp(1, 100);
     let outcome = verify_in_agent(&state, chosen, rounds, Some(deploy), Some(key.clone())).await;
@@ -181,20 +229,23 @@ pub async fn flagger(
         .probes
         .values()
         .any(|n| n.current.failures > 0);
-    let passed = outcome.verdict != crate::verdict::Decision::Fail && !failed_runs;
+    // Flagger counts any status above 202 as a failed check. 503 says "could not judge" (too
+    // little baseline) apart from 500 "judged and failed"; both keep the canary from advancing,
+    // and `threshold` of them roll it back: too few samples never promotes a canary.
+    let (word, status) = match outcome.verdict {
+        crate::verdict::Decision::Fail => ("fail", StatusCode::INTERNAL_SERVER_ERROR),
+        _ if failed_runs => ("fail", StatusCode::INTERNAL_SERVER_ERROR),
+        crate::verdict::Decision::Inconclusive => ("inconclusive", StatusCode::SERVICE_UNAVAILABLE),
+        crate::verdict::Decision::Pass => ("pass", StatusCode::OK),
+    };
     let text = format!(
         "{} {}/{} ({}): {}\n",
-        if passed { "pass" } else { "fail" },
+        word,
         payload.namespace,
         payload.name,
         payload.phase.as_deref().unwrap_or("unknown phase"),
         outcome.details.summary().replace('\n', "; ")
     );
-    let status = if passed {
-        StatusCode::OK
-    } else {
-        StatusCode::INTERNAL_SERVER_ERROR
-    };
     *answer = Some((status, text.clone()));
     drop(answer);
     // Later requests for the same checksum verify afresh (a retried analysis step).

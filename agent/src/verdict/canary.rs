@@ -1,7 +1,9 @@
 //! Canary judgement, Kayenta-style: the same probes against `stable` and `canary`; latency
 //! samples compared with Mann-Whitney (the confidence interval of the shift decides), pass/fail
-//! counts with Fisher's exact test. Each probe is `pass`, `high`, `low` or `nodata`; too few
-//! samples is inconclusive, never pass.
+//! counts with Fisher's exact test, and the runbook's `error_rate_increase` as a floor: a canary
+//! whose error rate exceeds stable's by more than that many points is `high` even when 20 runs a
+//! side are too few for Fisher to call it significant. Each probe is `pass`, `high`, `low` or
+//! `nodata`; too few samples is inconclusive, never pass.
 
 use std::collections::BTreeMap;
 
@@ -33,6 +35,9 @@ pub struct CanaryRules {
     pub alpha: f64,
     /// A latency shift smaller than this fraction of stable's median is tolerated.
     pub tolerance: f64,
+    /// Percentage points: with `min_samples` a side, a canary error rate higher than stable's
+    /// by more than this is `high` whatever Fisher says (`verify.rollback_when`).
+    pub error_rate_increase: f64,
 }
 
 impl Default for CanaryRules {
@@ -41,6 +46,7 @@ impl Default for CanaryRules {
             min_samples: 10,
             alpha: 0.05,
             tolerance: 0.1,
+            error_rate_increase: 10.0,
         }
     }
 }
@@ -72,6 +78,28 @@ pub fn classify(
             format!(
                 "canary failed {} of {} runs vs {} of {} on stable (Fisher p={:.4})",
                 canary.failures, canary.runs, stable.failures, stable.runs, errors.greater
+            ),
+        );
+    }
+    // Fisher needs 5 failures of 20 against 0 of 20 (p=0.024; 4 of 20 is p=0.053): a route that
+    // fails 20% of requests shows 4 or fewer in 63% of 20-run canaries. The runbook's own limit
+    // catches 3 of 20.
+    let rise = canary.error_rate - stable.error_rate;
+    if stable.runs >= rules.min_samples
+        && canary.runs >= rules.min_samples
+        && rise > rules.error_rate_increase
+    {
+        return (
+            Classification::High,
+            format!(
+                "canary failed {} of {} runs vs {} of {} on stable (+{:.1} points, more than the {:.1} allowed; Fisher p={:.4})",
+                canary.failures,
+                canary.runs,
+                stable.failures,
+                stable.runs,
+                rise,
+                rules.error_rate_increase,
+                errors.greater
             ),
         );
     }
@@ -208,6 +236,36 @@ mod tests {
         );
         assert_eq!(class, Classification::High);
         assert!(msg.contains("canary failed 6 of 20 runs"), "{msg}");
+    }
+
+    #[test]
+    fn an_error_rise_beyond_the_runbook_limit_is_high_without_significance() {
+        // 3 of 20 vs 0 of 20: Fisher p=0.1154, but +15 points is more than the 10 allowed.
+        let (class, msg) = classify(
+            &agg(jitter(100.0, 20), 0),
+            &agg(jitter(100.0, 20), 3),
+            &CanaryRules::default(),
+        );
+        assert_eq!(class, Classification::High, "{msg}");
+        assert_eq!(
+            msg,
+            "canary failed 3 of 20 runs vs 0 of 20 on stable (+15.0 points, more than the 10.0 \
+             allowed; Fisher p=0.1154)"
+        );
+        // +10 points is within the limit.
+        let (class, msg) = classify(
+            &agg(jitter(100.0, 20), 0),
+            &agg(jitter(100.0, 20), 2),
+            &CanaryRules::default(),
+        );
+        assert_eq!(class, Classification::Pass, "{msg}");
+        // Too few runs for either test: not high, and the verdict is inconclusive.
+        let v = judge(
+            &BTreeMap::from([("p".into(), agg(jitter(100.0, 4), 0))]),
+            &BTreeMap::from([("p".into(), agg(jitter(100.0, 4), 1))]),
+            &CanaryRules::default(),
+        );
+        assert_eq!(v.verdict, Decision::Inconclusive, "{}", v.summary());
     }
 
     #[test]

@@ -68,9 +68,13 @@ pub struct Aggregate {
     pub p95: Option<f64>,
     /// 99th percentile duration, seconds.
     pub p99: Option<f64>,
-    /// Every run's duration, seconds (empty when only aggregates are known, e.g. Prometheus).
+    /// Every run's duration, seconds (empty when only aggregates are known; from Prometheus,
+    /// the runs it scraped).
     #[serde(skip)]
     pub samples: Vec<f64>,
+    /// Where p95 and p99 come from when not from every run (Prometheus), said in the reasons.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p95_source: Option<String>,
 }
 
 impl Aggregate {
@@ -102,6 +106,7 @@ impl Aggregate {
             p95: quantile(&samples, 0.95),
             p99: quantile(&samples, 0.99),
             samples,
+            p95_source: None,
         }
     }
 }

@@ -119,6 +119,12 @@ fn latency(
     };
     let limit = b * (1.0 + rules.latency_increase);
     let rise = n - b;
+    // Where the baseline p95 came from, when not from every run (Prometheus).
+    let source = before
+        .p95_source
+        .as_ref()
+        .map(|s| format!(" (baseline p95 from {s})"))
+        .unwrap_or_default();
     if n > limit && rise > rules.min_latency_increase {
         // With raw samples on both sides, only a significant shift counts: jitter is not a
         // regression.
@@ -131,7 +137,7 @@ fn latency(
                     Decision::Pass,
                     "latency",
                     format!(
-                        "p95 {} vs {} before, but the shift is not significant (Mann-Whitney p={:.3}, 95% CI of the shift {} to {})",
+                        "p95 {} vs {} before, but the shift is not significant (Mann-Whitney p={:.3}, 95% CI of the shift {} to {}){source}",
                         ms(n),
                         ms(b),
                         mw.p_value,
@@ -146,7 +152,7 @@ fn latency(
             Decision::Fail,
             "latency",
             format!(
-                "p95 latency rose from {} to {} (+{:.0}%, more than the {:.0}% allowed)",
+                "p95 latency rose from {} to {} (+{:.0}%, more than the {:.0}% allowed){source}",
                 ms(b),
                 ms(n),
                 rise / b.max(1e-9) * 100.0,
@@ -157,7 +163,7 @@ fn latency(
         push(
             Decision::Pass,
             "latency",
-            format!("p95 {} vs {} before", ms(n), ms(b)),
+            format!("p95 {} vs {} before{source}", ms(n), ms(b)),
         );
     }
 }
