@@ -147,8 +147,8 @@ rm -rf -- "$dir"
 /// dropping it otherwise (a panic unwinding) sweeps.
 #[derive(Debug)]
 pub(crate) struct Watchdog {
-    /// The write end of the watchdog's stdin; closing it without `done` starts the sweep.
-    pipe: std::process::ChildStdin,
+    /// The `sh` process; its stdin is the pipe. Closing the pipe without `done` sweeps.
+    child: Option<std::process::Child>,
 }
 
 impl Watchdog {
@@ -170,26 +170,53 @@ impl Watchdog {
                 return None;
             }
         };
-        let mut pipe = child.stdin.take()?;
-        let line = format!(
-            "{}
-",
-            work_dir.display()
-        );
-        if let Err(e) = pipe.write_all(line.as_bytes()) {
-            tracing::warn!(error = %e, "Could not hand the browser watchdog its directory.");
+        let line = format!("{}\n", work_dir.display());
+        let handed = child
+            .stdin
+            .as_mut()
+            .is_some_and(|pipe| pipe.write_all(line.as_bytes()).is_ok());
+        if !handed {
+            tracing::warn!("Could not hand the browser watchdog its directory.");
             let _ = child.kill();
+            reap_later(child);
+            return None;
         }
-        // Reaped by nobody while the agent lives; once the agent exits it is init's.
-        std::thread::spawn(move || child.wait());
-        Some(Watchdog { pipe })
+        Some(Watchdog { child: Some(child) })
     }
 
-    /// Ends the watchdog without a sweep: the agent cleaned up itself.
+    /// Ends the watchdog without a sweep (the agent cleaned up itself), and reaps it.
     pub(crate) fn disarm(mut self) {
         use std::io::Write as _;
-        let _ = self.pipe.write_all(b"done\n");
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        if let Some(mut pipe) = child.stdin.take() {
+            let _ = pipe.write_all(b"done\n");
+        }
+        // `sh` exits as soon as it reads the line.
+        for _ in 0..100 {
+            if !matches!(child.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        reap_later(child);
     }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // End of file without `done`: the watchdog sweeps, then exits.
+            drop(child.stdin.take());
+            reap_later(child);
+        }
+    }
+}
+
+/// Waits for `child` on a thread of its own, so it does not stay a zombie.
+fn reap_later(mut child: std::process::Child) {
+    std::thread::spawn(move || child.wait());
 }
 
 /// Removes a directory tree, retrying while a dying Chromium may still be writing into it.
