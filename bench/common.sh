@@ -13,7 +13,7 @@ BIN_DIR="${BIN_DIR:-}"
 # PROFILE=dist builds and measures what the container image ships (fat LTO); default release.
 PROFILE="${PROFILE:-release}"
 if [ -z "$BIN_DIR" ]; then
-  BIN_DIR="$ROOT/target/$PROFILE"
+  BIN_DIR="${CARGO_TARGET_DIR:-$ROOT/target}/$PROFILE"
   if [ -z "${NO_BUILD:-}" ]; then
     cargo build --profile "$PROFILE" --quiet -p patrol -p citadel-shop --manifest-path "$ROOT/Cargo.toml"
   fi
