@@ -43,11 +43,13 @@ import collections, sys
 rules = [
     ("/metrics rendering (gather + text encoding)", ["Metrics::render", "TextEncoder", "Registry::gather"]),
     ("metric series (prometheus MetricVec::with_label_values)", ["with_label_values", "MetricVec"]),
+    ("metric series (probe_* store)", ["metrics::series::"]),
     ("history: latency windows", ["LatencyWindows", "history::Ring", "hdrhistogram"]),
     ("history: stored results (copy without exchange)", ["without_exchanges", "History::record"]),
     ("probe results in flight / run", ["run_probe", "run_steps", "run_step", "Transport::send", "StepExchange"]),
     ("config load and probe specs", ["config::", "Loaded::new", "saphyr"]),
-    ("scheduler", ["scheduler::"]),
+    # Not "scheduler::": tokio::runtime::scheduler frames are on every task's stack.
+    ("scheduler", ["patrol::scheduler::", "start_scheduler"]),
     ("tokio runtime / tasks", ["tokio::runtime", "tokio::task", "task_tracker"]),
     ("HTTP server (axum/hyper server)", ["axum", "hyper::server"]),
 ]

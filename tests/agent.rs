@@ -965,7 +965,8 @@ async fn the_api_reports_status_percentiles_failures_and_recent_runs() {
         "{failure:#}"
     );
 
-    // Recent runs: newest first, exactly as the runs were reported.
+    // Recent runs: newest first; the newest exactly as reported, the one before from its
+    // compact record (history::FULL_RESULTS), without phases or passing assertions.
     let recent = agent
         .get("/api/v1/probes/checked/runs?limit=2")
         .await
@@ -973,10 +974,21 @@ async fn the_api_reports_status_percentiles_failures_and_recent_runs() {
         .json();
     assert_eq!(recent["probe"], "checked");
     assert_eq!(
-        recent["runs"],
-        json!([failed, result(&records[1])]),
+        recent["runs"].as_array().map(Vec::len),
+        Some(2),
         "{recent:#}"
     );
+    assert_eq!(recent["runs"][0], failed, "{recent:#}");
+    let (older, reported) = (&recent["runs"][1], result(&records[1]));
+    for field in ["id", "name", "type", "result", "attempts", "started_at_ms"] {
+        assert_eq!(older[field], reported[field], "{field}: {recent:#}");
+    }
+    for field in ["name", "result", "status"] {
+        assert_eq!(
+            older["steps"][0][field], reported["steps"][0][field],
+            "step {field}: {recent:#}"
+        );
+    }
     let all = agent.get("/api/v1/probes/checked/runs").await.json();
     assert_eq!(all["runs"].as_array().map(Vec::len), Some(3), "{all:#}");
     agent
@@ -984,11 +996,12 @@ async fn the_api_reports_status_percentiles_failures_and_recent_runs() {
         .await
         .assert_status(404);
 
-    // In the verify report's schema: a passing run has the same shape as `patrol verify`'s.
+    // In the verify report's schema: a passing run has the same shape as `patrol verify`'s (as
+    // `POST /api/v1/runs` reports it, in full; in the runs list only the newest is).
     let verified = common::verify(&shop, checked, &[]).await;
     verified.run.assert_code(0);
     assert_eq!(
-        shape(&recent["runs"][1]),
+        shape(&result(&records[1])),
         shape(common::probe(&verified.report, "checked")),
         "the API's run and the verify report differ in shape"
     );
@@ -1100,7 +1113,7 @@ async fn the_runs_endpoint_keeps_100_runs_in_the_report_schema_and_old_failures_
         }
     };
     // 10 passes, a failure, 94 passes: the history keeps the newest 100, so the failure is the
-    // 95th newest, long out of the few results kept in full.
+    // 95th newest, long out of the result kept in full.
     batch(10).await;
     shop.faults().set(Fault {
         status: Some(500),
@@ -1162,8 +1175,8 @@ async fn the_runs_endpoint_keeps_100_runs_in_the_report_schema_and_old_failures_
             keys(step).iter().all(|k| all.contains(k)),
             "run {i}: {step:#}"
         );
-        if i < 3 {
-            // The newest runs (history::FULL_RESULTS) are kept in full.
+        if i < 1 {
+            // The newest run (history::FULL_RESULTS) is kept in full.
             assert_eq!(run, full, "run {i}");
         } else if run["result"] == "pass" {
             assert_eq!(step["asserts"], json!([]), "run {i}");

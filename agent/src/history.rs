@@ -12,8 +12,9 @@
 //! 100 µs units, `u16` counts: 0.5 KiB for values under 25 ms, 2 KiB up to 1 s, 3.3 KiB up to
 //! 30 s). Measured per series (the probe, or one step): about 1.6 KiB for a probe run every
 //! 30 s, 4 KiB every 5 s, 17 KiB every second. A full result costs about 1.2–2 KiB (a passing
-//! 2–3-step HTTP result, more with assertion text), which is why only a few are kept: a compact
-//! record is ~56 bytes plus 12 per step, plus the failure text of runs that did not pass.
+//! 2–3-step HTTP result, more with assertion text), which is why only the newest is kept: a
+//! compact record is ~56 bytes plus 12 per step, plus the failure text of runs that did not
+//! pass.
 
 use std::collections::{HashMap, VecDeque};
 use std::num::NonZeroU16;
@@ -87,11 +88,12 @@ pub struct Percentiles {
     pub p99: f64,
 }
 
-/// How many of a probe's newest results are kept in full; older runs in the ring keep only a
-/// compact record (see [`History::recent`]). A full two-step HTTP result is ~1.7 KiB, so with
-/// 500 probes each one kept per probe costs ~0.8 MiB of the agent's 20 MB budget (BENCHMARKS.md
-/// §4); the newest failure is kept in full besides.
-pub const FULL_RESULTS: usize = 3;
+/// How many of a probe's newest results are kept in full: only the newest. Older runs in the
+/// ring keep only a compact record (see [`History::recent`]). A full two-step HTTP result is
+/// ~1.7 KiB, so with 500 probes each one kept per probe costs ~0.8 MiB of the agent's 20 MB
+/// budget (BENCHMARKS.md §4); the newest failure is kept in full besides (the same result, not a
+/// copy, while it is also the newest).
+pub const FULL_RESULTS: usize = 1;
 
 /// What every kept run still says once only its compact record is left: enough for the status
 /// strip, failure counts and latency baselines.
@@ -312,6 +314,8 @@ impl ProbeHistory {
                 None => {
                     let mut windows = LatencyWindows::default();
                     windows.record(started, duration, now_ms);
+                    // One at a time: a probe has a handful of steps.
+                    self.step_latency.reserve_exact(1);
                     self.step_latency.push((step.name.as_str().into(), windows));
                 }
             }
@@ -1227,14 +1231,17 @@ mod tests {
     }
 
     #[test]
-    fn a_ring_smaller_than_the_full_results() {
+    fn a_small_ring_keeps_its_full_results_within_it() {
         let h = History::new(2);
         for i in 0..4 {
             h.record_at(result("p", Outcome::Pass, T0 + i, 10), T0 + i);
         }
         assert_eq!(starts(&h.recent("p", 10)), [T0 + 3, T0 + 2]);
         let probes = h.read();
-        assert_eq!((probes["p"].full.len(), probes["p"].steps.len()), (2, 4));
+        assert_eq!(
+            (probes["p"].full.len(), probes["p"].steps.len()),
+            (FULL_RESULTS.min(2), 4)
+        );
     }
 
     #[test]

@@ -86,6 +86,8 @@ impl Template {
         if !rest.is_empty() {
             parts.push(Part::Literal(rest.to_string()));
         }
+        // Templates live as long as the config: no spare capacity.
+        parts.shrink_to_fit();
         Ok(Template {
             source: source.to_string(),
             parts,

@@ -192,6 +192,9 @@ impl ProbeSeries {
             let series = match self.steps.iter().position(|s| *s.name == *step.name) {
                 Some(i) => &mut self.steps[i],
                 None => {
+                    // One at a time: a probe has a handful of steps, and a Vec left to itself
+                    // would make room for 4 on its first push.
+                    self.steps.reserve_exact(1);
                     self.steps.push(StepSeries {
                         name: step.name.as_str().into(),
                         success: 0.0,
