@@ -22,7 +22,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use patrol_probes::result::{AssertResult, Outcome, ProbeResult, StepResult};
+use patrol_probes::result::{AssertResult, Attempt, Outcome, ProbeResult, StepResult};
 use serde::Serialize;
 
 /// A sliding window for latency percentiles.
@@ -163,8 +163,9 @@ impl History {
     /// are rebuilt from compact records and carry less: id, type, outcome, attempts, start,
     /// duration (to the microsecond) and each step's name, outcome, status and duration; for
     /// runs that did not pass also the error texts, the failing assertions and the saved
-    /// artifacts. Phases, TLS details, web vitals, passing assertions and earlier attempts
-    /// (`retried`) are omitted.
+    /// artifacts. Phases, TLS details, web vitals and passing assertions are omitted, and so are
+    /// earlier attempts (`retried`), except for a run that passed on a retry: it keeps its first
+    /// attempt's outcome, duration and failing steps, so a retry never hides why it was needed.
     pub fn recent(&self, probe: &str, limit: usize) -> Vec<Arc<ProbeResult>> {
         self.read()
             .get(probe)
@@ -455,6 +456,16 @@ struct FailureDetail {
     error: Option<Box<str>>,
     /// Only the steps with something to say.
     steps: Vec<StepFailure>,
+    /// For a run that passed on a retry: why its first attempt did not.
+    first_attempt: Option<Box<AttemptFailure>>,
+}
+
+/// The first attempt of a run that passed on a retry.
+struct AttemptFailure {
+    result: Outcome,
+    duration_us: u32,
+    /// Only the steps with something to say, with their names and outcomes.
+    steps: Vec<(Box<str>, Outcome, StepFailure)>,
 }
 
 /// A step's error, failing assertions and artifacts.
@@ -477,27 +488,31 @@ impl RunRecord {
                 result: step.result,
             });
         }
-        let failure = (!result.result.is_pass()).then(|| {
-            Box::new(FailureDetail {
+        let failure = if !result.result.is_pass() {
+            Some(Box::new(FailureDetail {
                 error: result.error.as_deref().map(Box::from),
-                steps: result
-                    .steps
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, s)| {
-                        s.error.is_some()
-                            || !s.artifacts.is_empty()
-                            || s.failed_asserts().count() > 0
-                    })
-                    .map(|(i, s)| StepFailure {
-                        step: u16::try_from(i).unwrap_or(u16::MAX),
-                        error: s.error.as_deref().map(Box::from),
-                        asserts: s.failed_asserts().cloned().collect(),
-                        artifacts: s.artifacts.clone(),
-                    })
+                steps: step_failures(&result.steps)
+                    .map(|(_, failure)| failure)
                     .collect(),
+                first_attempt: None,
+            }))
+        } else if !result.first_attempt.is_pass() {
+            result.retried.first().map(|attempt| {
+                Box::new(FailureDetail {
+                    error: None,
+                    steps: Vec::new(),
+                    first_attempt: Some(Box::new(AttemptFailure {
+                        result: attempt.result,
+                        duration_us: micros(attempt.duration),
+                        steps: step_failures(&attempt.steps)
+                            .map(|(s, failure)| (s.name.as_str().into(), s.result, failure))
+                            .collect(),
+                    })),
+                })
             })
-        });
+        } else {
+            None
+        };
         RunRecord {
             started_at_ms: result.started_at_ms,
             id: RunId::new(&result.id),
@@ -553,13 +568,54 @@ impl RunRecord {
             first_attempt: self.first_attempt,
             started_at_ms: self.started_at_ms,
             steps,
-            retried: Vec::new(),
+            retried: self
+                .failure
+                .as_ref()
+                .and_then(|f| f.first_attempt.as_ref())
+                .map(|a| {
+                    vec![Attempt {
+                        result: a.result,
+                        duration: Duration::from_micros(u64::from(a.duration_us)),
+                        steps: a
+                            .steps
+                            .iter()
+                            .map(|(name, result, f)| StepResult {
+                                result: *result,
+                                error: f.error.as_deref().map(String::from),
+                                asserts: f.asserts.clone(),
+                                artifacts: f.artifacts.clone(),
+                                ..StepResult::skipped(&**name)
+                            })
+                            .collect(),
+                    }]
+                })
+                .unwrap_or_default(),
             error: self
                 .failure
                 .as_ref()
                 .and_then(|f| f.error.as_deref().map(String::from)),
         }
     }
+}
+
+/// The steps of a run or attempt with something to say (an error, a failing assertion, an
+/// artifact), each as it will be kept.
+fn step_failures(steps: &[StepResult]) -> impl Iterator<Item = (&StepResult, StepFailure)> {
+    steps
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| {
+            s.error.is_some() || !s.artifacts.is_empty() || s.failed_asserts().count() > 0
+        })
+        .map(|(i, s)| {
+            let failure = StepFailure {
+                step: u16::try_from(i).unwrap_or(u16::MAX),
+                error: s.error.as_deref().map(Box::from),
+                asserts: s.failed_asserts().cloned().collect(),
+                artifacts: s.artifacts.clone(),
+            };
+            (s, failure)
+        })
 }
 
 /// Step names and probe types of one probe's records, each stored once and referred to by
@@ -1123,6 +1179,48 @@ mod tests {
             retried: Vec::new(),
             error: None,
         })
+    }
+
+    #[test]
+    fn a_run_that_passed_on_a_retry_keeps_why_its_first_attempt_failed() {
+        let h = History::new(100);
+        let failed = detailed(0, Outcome::Fail);
+        let mut retried = (*detailed(0, Outcome::Pass)).clone();
+        retried.first_attempt = Outcome::Fail;
+        retried.attempts = 2;
+        retried.retried = vec![Attempt {
+            result: Outcome::Fail,
+            duration: Duration::from_millis(7),
+            steps: failed.steps.clone(),
+        }];
+        h.record_at(Arc::new(retried), T0);
+        for i in 1..=FULL_RESULTS as i64 + 2 {
+            let r = detailed(i, Outcome::Pass);
+            h.record_at(Arc::clone(&r), r.started_at_ms);
+        }
+        let runs = h.recent("p", 100);
+        let old = runs.iter().find(|r| r.started_at_ms == T0).expect("kept");
+        assert_eq!(
+            (old.result, old.first_attempt),
+            (Outcome::Pass, Outcome::Fail)
+        );
+        assert_eq!(old.retried.len(), 1, "{old:#?}");
+        let first = &old.retried[0];
+        assert_eq!(
+            (first.result, first.duration),
+            (Outcome::Fail, Duration::from_millis(7))
+        );
+        // The failing step, with its error and failing assertion; the final steps carry none.
+        assert_eq!(first.steps.len(), 1, "{first:#?}");
+        assert_eq!(first.steps[0].name, failed.steps[1].name);
+        assert_eq!(first.steps[0].error.as_deref(), Some("status was 503"));
+        assert_eq!(first.steps[0].asserts.len(), 1);
+        assert!(
+            old.steps
+                .iter()
+                .all(|s| s.error.is_none() && s.asserts.is_empty())
+        );
+        assert!(old.error.is_none());
     }
 
     #[test]
