@@ -824,32 +824,33 @@ async fn browser_waiting(
     .await;
 }
 
-/// Chromium processes of `agent` still stopped (state `T`), with their command lines.
-fn stopped_browsers(agent: &common::Agent) -> Vec<(u32, String)> {
-    let marker = format!("patrol-browser-{}", agent.pid());
-    descendants(agent.pid())
+/// Every process as `(pid, state, command line)`, the state letter from `/proc/PID/stat` and
+/// the command line's arguments joined by spaces.
+fn processes() -> impl Iterator<Item = (u32, char, String)> {
+    std::fs::read_dir("/proc")
         .into_iter()
-        .map(|(pid, _)| pid)
-        .chain(
-            // Re-parented to init once chromedriver is gone.
-            std::fs::read_dir("/proc")
-                .into_iter()
-                .flatten()
-                .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()),
-        )
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter_map(|pid| {
             let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            let stopped = stat.rsplit_once(") ")?.1.starts_with('T');
+            let state = stat.rsplit_once(") ")?.1.chars().next()?;
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            (stopped && cmdline.contains(&marker)).then_some((pid, cmdline))
+            Some((
+                pid,
+                state,
+                String::from_utf8_lossy(&cmdline).replace('\0', " "),
+            ))
         })
-        .fold(Vec::new(), |mut all, p| {
-            if !all.contains(&p) {
-                all.push(p);
-            }
-            all
-        })
+}
+
+/// Chromium processes of `agent` still stopped (state `T`), with their command lines — also
+/// those re-parented to init once chromedriver is gone: they name the agent's work directory.
+fn stopped_browsers(agent: &common::Agent) -> Vec<(u32, String)> {
+    let marker = format!("patrol-browser-{}", agent.pid());
+    processes()
+        .filter(|(_, state, cmdline)| *state == 'T' && cmdline.contains(&marker))
+        .map(|(pid, _, cmdline)| (pid, cmdline))
+        .collect()
 }
 
 /// Starts a run of `slow`, and once the browser waits for the page stops (SIGSTOP) every
@@ -1027,19 +1028,13 @@ async fn a_hung_chromium_is_killed_and_the_next_run_passes() {
 
 /// Live processes whose command line or environment names `needle`.
 fn naming(needle: &str) -> Vec<(u32, String)> {
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter_map(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            let state = stat.rsplit_once(") ")?.1.chars().next()?;
-            let read = |f: &str| std::fs::read(format!("/proc/{pid}/{f}")).unwrap_or_default();
-            let (cmdline, environ) = (read("cmdline"), read("environ"));
-            let names = |b: &[u8]| String::from_utf8_lossy(b).contains(needle);
-            (state != 'Z' && (names(&cmdline) || names(&environ)))
-                .then(|| (pid, String::from_utf8_lossy(&cmdline).replace('\0', " ")))
+    processes()
+        .filter(|(pid, state, cmdline)| {
+            let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            *state != 'Z'
+                && (cmdline.contains(needle) || String::from_utf8_lossy(&environ).contains(needle))
         })
+        .map(|(pid, _, cmdline)| (pid, cmdline))
         .collect()
 }
 
