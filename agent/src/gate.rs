@@ -61,9 +61,14 @@ pub struct VerifyArgs {
     /// Baseline window before now (default: verify.baseline).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub baseline_window: Option<Duration>,
-    /// Post-deploy runs per probe for a verdict (default: verify.runs; 20 per track with --canary).
+    /// Post-deploy runs per probe before the first look at the verdict (default: verify.runs;
+    /// 20 per track with --canary).
     #[arg(long)]
     pub runs: Option<u32>,
+    /// Runs per probe at most while a rule is within its margin of error (default:
+    /// verify.max_runs; --runs for a fixed number).
+    #[arg(long)]
+    pub max_runs: Option<u32>,
     /// Pause between rounds of runs (default 1s; 10s with --watch).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub interval: Option<Duration>,
@@ -173,24 +178,24 @@ async fn judge(
         (_, Some(url)) => baseline::from_prometheus(url, &names, window).await?,
         _ => unreachable!("verdict mode without a baseline source"),
     };
-    let runs = args.runs.unwrap_or(config.verify.runs).max(1);
+    let rounds = deploy::Rounds::new(
+        args.runs.unwrap_or(config.verify.runs),
+        args.max_runs.unwrap_or(config.verify.max_runs),
+    );
     let runtime = config.runtime(config.masker());
-    let results = deploy::run_rounds(
-        chosen,
-        &runtime,
-        concurrency,
-        runs,
+    let health = deploy::health_probes(chosen);
+    let limits = deploy::rules(config);
+    let (results, verdict, _) = deploy::run_until_settled(
+        rounds,
         args.interval.unwrap_or(Duration::from_secs(1)),
+        |names| {
+            let (runtime, probes) = (&runtime, deploy::only(chosen, names.as_ref()));
+            async move { verify::run_all(&probes, runtime, concurrency).await }
+        },
+        |results, look| rules::judge(&base, &deploy::aggregates(results), &health, &limits, look),
     )
     .await;
     shutdown(&runtime).await;
-    let current = deploy::aggregates(&results);
-    let verdict = rules::judge(
-        &base,
-        &current,
-        &deploy::health_probes(chosen),
-        &deploy::rules(config),
-    );
     Ok((results, verdict))
 }
 
@@ -271,27 +276,46 @@ async fn canary_mode(
     };
     let stable_rt = runtime_for(&stable_vars, "stable");
     let canary_rt = runtime_for(&canary_vars, "canary");
-    let rounds = args.runs.unwrap_or(config.verify.runs.max(20)).max(1);
+    let rounds = deploy::Rounds::new(
+        args.runs.unwrap_or(config.verify.runs.max(20)),
+        args.max_runs.unwrap_or(config.verify.max_runs),
+    );
     let interval = args.interval.unwrap_or(Duration::from_millis(200));
-    let (mut stable, mut canary) = (Vec::new(), Vec::new());
-    // Interleaved, so both tracks see the same moment's conditions.
-    for round in 0..rounds {
-        let started = tokio::time::Instant::now();
-        stable.extend(verify::run_all(chosen, &stable_rt, concurrency).await);
-        canary.extend(verify::run_all(chosen, &canary_rt, concurrency).await);
-        if round + 1 < rounds {
-            tokio::time::sleep_until(started + interval).await;
-        }
-    }
+    let limits = deploy::canary_rules(config);
+    let (results, verdict, _) = deploy::run_until_settled(
+        rounds,
+        interval,
+        // Interleaved, so both tracks see the same moment's conditions.
+        |names| {
+            let probes = deploy::only(chosen, names.as_ref());
+            let (stable_rt, canary_rt) = (&stable_rt, &canary_rt);
+            async move {
+                let stable = verify::run_all(&probes, stable_rt, concurrency).await;
+                let canary = verify::run_all(&probes, canary_rt, concurrency).await;
+                let tracks = [(Track::Stable, stable), (Track::Canary, canary)];
+                tracks
+                    .into_iter()
+                    .flat_map(|(track, runs)| runs.into_iter().map(move |r| (track, r)))
+                    .collect()
+            }
+        },
+        |results: &[(Track, ProbeResult)], look| {
+            let of =
+                |track| deploy::aggregates(results.iter().filter(|r| r.0 == track).map(|r| &r.1));
+            canary::judge(&of(Track::Stable), &of(Track::Canary), &limits, look)
+        },
+    )
+    .await;
     shutdown(&stable_rt).await;
     shutdown(&canary_rt).await;
-    let verdict = canary::judge(
-        &deploy::aggregates(&stable),
-        &deploy::aggregates(&canary),
-        &deploy::canary_rules(config),
-    );
-    stable.extend(canary);
-    Ok((stable, verdict))
+    Ok((results.into_iter().map(|(_, r)| r).collect(), verdict))
+}
+
+/// Which side of a canary comparison a run was on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Track {
+    Stable,
+    Canary,
 }
 
 async fn shutdown(runtime: &patrol_probes::run::Runtime) {

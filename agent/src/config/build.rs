@@ -60,13 +60,14 @@ const PROBE_KEYS: [&str; 15] = [
 const STEP_KEYS: [&str; 5] = ["name", "request", "capture", "assert", "timeout"];
 const REQUEST_KEYS: [&str; 7] = ["method", "url", "headers", "query", "json", "body", "form"];
 const SCHEDULE_KEYS: [&str; 3] = ["cron", "every", "tz"];
-const VERIFY_KEYS: [&str; 7] = [
+const VERIFY_KEYS: [&str; 8] = [
     "rollback_when",
     "thresholds",
     "baseline",
     "action",
     "min_samples",
     "runs",
+    "max_runs",
     "canary",
 ];
 /// Every `type:` a probe can have.
@@ -379,6 +380,7 @@ fn verify(w: &mut Walker<'_>, node: &Node<'_>, verify: &mut VerifyConfig) {
     let Some(entries) = w.map(node, "verify", &VERIFY_KEYS, &[]) else {
         return;
     };
+    let mut max_runs = None;
     for (key, _, v) in entries {
         match key.as_str() {
             "rollback_when" => {
@@ -432,6 +434,7 @@ fn verify(w: &mut Walker<'_>, node: &Node<'_>, verify: &mut VerifyConfig) {
                     .count(v, "runs")
                     .map_or(verify.runs, |n| n.clamp(1, 1000) as u32)
             }
+            "max_runs" => max_runs = Some(v),
             "canary" => {
                 let Some(tracks) = w.map(
                     v,
@@ -468,6 +471,28 @@ fn verify(w: &mut Walker<'_>, node: &Node<'_>, verify: &mut VerifyConfig) {
             }
         }
     }
+    // After `runs`, wherever it is written: the cap cannot be below the minimum.
+    if let Some(v) = max_runs
+        && let Some(n) = w.count(v, "max_runs")
+    {
+        if n < u64::from(verify.runs) {
+            w.error(
+                v,
+                format!(
+                    "verify.max_runs ({n}) is below verify.runs ({})",
+                    verify.runs
+                ),
+                format!(
+                    "runs is the minimum and max_runs the cap: write `max_runs: {}` or more \
+                     (equal to runs for a fixed number of runs)",
+                    verify.runs
+                ),
+            );
+        } else {
+            verify.max_runs = n.min(1000) as u32;
+        }
+    }
+    verify.max_runs = verify.max_runs.max(verify.runs);
 }
 
 fn percent(w: &mut Walker<'_>, node: &Node<'_>, what: &str) -> Option<f64> {

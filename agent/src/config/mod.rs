@@ -109,8 +109,10 @@ pub struct VerifyConfig {
     pub min_latency_increase: Duration,
     /// Runs per probe needed in the baseline (and per side in a canary) for a verdict.
     pub min_samples: u64,
-    /// Post-deploy runs per probe for a verdict.
+    /// Post-deploy runs per probe before the first look at a verdict.
     pub runs: u32,
+    /// Post-deploy runs per probe at most, while a rule is within its margin of error.
+    pub max_runs: u32,
     /// Var overrides per canary track: `stable` and `canary`.
     pub canary: Vec<(String, Vec<(String, String)>)>,
 }
@@ -130,6 +132,7 @@ impl Default for VerifyConfig {
             min_latency_increase: Duration::from_millis(10),
             min_samples: 5,
             runs: 5,
+            max_runs: 100,
             canary: Vec::new(),
         }
     }

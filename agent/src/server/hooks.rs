@@ -21,7 +21,7 @@ use serde::Deserialize;
 use super::runs::Deploy;
 use super::{Shared, error};
 use crate::config::ProbeConfig;
-use crate::deploy::{DeployVerification, verify_in_agent};
+use crate::deploy::{DeployVerification, Rounds, verify_in_agent};
 
 /// Body of `POST /api/v1/verify`.
 #[derive(Debug, Default, Deserialize)]
@@ -33,9 +33,13 @@ pub struct VerifyBody {
     /// Tags.
     #[serde(default)]
     pub tags: Vec<String>,
-    /// Post-deploy runs per probe (default verify.runs).
+    /// Post-deploy runs per probe before the first look (default verify.runs).
     #[serde(default)]
     pub runs: Option<u32>,
+    /// Post-deploy runs per probe at most, while a rule is within its margin of error (default
+    /// verify.max_runs; equal to `runs` for a fixed number).
+    #[serde(default)]
+    pub max_runs: Option<u32>,
     /// The deploy being verified.
     #[serde(default)]
     pub deploy: Option<Deploy>,
@@ -82,10 +86,14 @@ pub async fn verify(
         Ok(c) => c,
         Err(e) => return error(StatusCode::NOT_FOUND, e),
     };
-    let rounds = body
-        .runs
-        .unwrap_or(state.loaded().config.verify.runs)
-        .clamp(1, 100);
+    let rounds = {
+        let verify = &state.loaded().config.verify;
+        let min = body.runs.unwrap_or(verify.runs).min(1000);
+        Rounds::new(
+            min,
+            body.max_runs.unwrap_or(verify.max_runs.max(min)).min(1000),
+        )
+    };
     let outcome: DeployVerification =
         verify_in_agent(&state, chosen, rounds, body.deploy, None).await;
     // Always 200: Argo judges `result.verdict`, and reads a non-2xx or non-JSON answer wrongly.
@@ -222,7 +230,10 @@ pub async fn flagger(
         track: None,
         at_ms,
     };
-    let rounds = state.loaded().config.verify.runs.clamp(1, 100);
+    let rounds = {
+        let verify = &state.loaded().config.verify;
+        Rounds::new(verify.runs, verify.max_runs)
+    };
     let outcome = verify_in_agent(&state, chosen, rounds, Some(deploy), Some(key.clone())).await;
     let failed_runs = outcome
         .details

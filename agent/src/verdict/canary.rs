@@ -4,13 +4,17 @@
 //! whose error rate exceeds stable's by more than that many points is `high` even when 20 runs a
 //! side are too few for Fisher to call it significant. Each probe is `pass`, `high`, `low` or
 //! `nodata`; too few samples is inconclusive, never pass.
+//!
+//! Interim looks call a difference only beyond doubt (the error-rate rise's 95% interval wholly
+//! past the limit, or significance at a fifth of `alpha`) and leave borderline probes undecided,
+//! to run again; the final look applies the tests as a fixed number of runs would.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
-use super::stats::{fisher_exact, mann_whitney};
-use super::{Aggregate, Decision, ProbeNumbers, Reason, Verdict, ms};
+use super::stats::{Z95, fisher_exact, mann_whitney, newcombe_difference};
+use super::{Aggregate, Decision, Look, ProbeNumbers, Reason, Verdict, ms};
 
 /// How a probe's canary compares with stable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -51,14 +55,37 @@ impl Default for CanaryRules {
     }
 }
 
+/// A probe's classification, and whether more runs could change it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Classified {
+    /// pass, high, low or nodata.
+    pub class: Classification,
+    /// The numbers behind it.
+    pub message: String,
+    /// At an interim look: a test is within its margin (the error-rate rise's 95% interval
+    /// straddles `error_rate_increase`, or a difference is significant at `alpha` but not yet at
+    /// the interim level), so more runs are needed.
+    pub borderline: bool,
+}
+
+/// Interim looks are repeated, so they call a difference significant only at a fifth of
+/// `alpha`: looking after every run at 5% would find one in a healthy canary far more often.
+const INTERIM_ALPHA_SHARE: f64 = 0.2;
+
 /// Classifies one probe.
 pub fn classify(
     stable: &Aggregate,
     canary: &Aggregate,
     rules: &CanaryRules,
-) -> (Classification, String) {
+    look: Look,
+) -> Classified {
+    let done = |class, message| Classified {
+        class,
+        message,
+        borderline: false,
+    };
     if stable.runs == 0 || canary.runs == 0 {
-        return (
+        return done(
             Classification::NoData,
             format!(
                 "no samples ({} stable, {} canary)",
@@ -66,45 +93,57 @@ pub fn classify(
             ),
         );
     }
+    let interim = look == Look::Interim;
+    let alpha = if interim {
+        rules.alpha * INTERIM_ALPHA_SHARE
+    } else {
+        rules.alpha
+    };
     let errors = fisher_exact(
         canary.failures,
         canary.runs - canary.failures,
         stable.failures,
         stable.runs - stable.failures,
     );
-    if errors.greater < rules.alpha && canary.failures > stable.failures {
-        return (
+    let counts = format!(
+        "canary failed {} of {} runs vs {} of {} on stable",
+        canary.failures, canary.runs, stable.failures, stable.runs
+    );
+    if errors.greater < alpha && canary.failures > stable.failures {
+        return done(
             Classification::High,
-            format!(
-                "canary failed {} of {} runs vs {} of {} on stable (Fisher p={:.4})",
-                canary.failures, canary.runs, stable.failures, stable.runs, errors.greater
-            ),
+            format!("{counts} (Fisher p={:.4})", errors.greater),
         );
     }
     // Fisher needs 5 failures of 20 against 0 of 20 (p=0.024; 4 of 20 is p=0.053): a route that
     // fails 20% of requests shows 4 or fewer in 63% of 20-run canaries. The runbook's own limit
-    // catches 3 of 20.
+    // is the floor: beyond doubt at an interim look, on the estimate at the final one.
     let rise = canary.error_rate - stable.error_rate;
-    if stable.runs >= rules.min_samples
-        && canary.runs >= rules.min_samples
-        && rise > rules.error_rate_increase
-    {
-        return (
+    let (low, high) = newcombe_difference(
+        canary.failures,
+        canary.runs,
+        stable.failures,
+        stable.runs,
+        Z95,
+    );
+    let (low, high) = (low * 100.0, high * 100.0);
+    let limit = rules.error_rate_increase;
+    let enough = stable.runs >= rules.min_samples && canary.runs >= rules.min_samples;
+    let beyond_limit = if interim { low > limit } else { rise > limit };
+    if enough && beyond_limit {
+        return done(
             Classification::High,
             format!(
-                "canary failed {} of {} runs vs {} of {} on stable (+{:.1} points, more than the {:.1} allowed; Fisher p={:.4})",
-                canary.failures,
-                canary.runs,
-                stable.failures,
-                stable.runs,
-                rise,
-                rules.error_rate_increase,
+                "{counts} (+{rise:.1} points, 95% CI {low:+.1} to {high:+.1}; more than the {limit:.1} allowed; Fisher p={:.4})",
                 errors.greater
             ),
         );
     }
+    let errors_borderline = interim
+        && ((low <= limit && high > limit)
+            || (errors.greater < rules.alpha && canary.failures > stable.failures));
     let Some(mw) = mann_whitney(&stable.samples, &canary.samples) else {
-        return (Classification::NoData, "no latency samples".into());
+        return done(Classification::NoData, "no latency samples".into());
     };
     let median = super::quantile(&stable.samples, 0.5).unwrap_or(0.0);
     let tolerance = median * rules.tolerance;
@@ -116,12 +155,23 @@ pub fn classify(
         mw.p_value,
         ms(median)
     );
-    if mw.p_value < rules.alpha && mw.ci.0 > tolerance {
-        (Classification::High, format!("canary slower: {detail}"))
-    } else if mw.p_value < rules.alpha && mw.ci.1 < -tolerance {
-        (Classification::Low, format!("canary faster: {detail}"))
+    let slower = mw.ci.0 > tolerance;
+    let faster = mw.ci.1 < -tolerance;
+    let latency_borderline = interim && mw.p_value < rules.alpha && (slower || faster);
+    if mw.p_value < alpha && slower {
+        done(Classification::High, format!("canary slower: {detail}"))
+    } else if errors_borderline || latency_borderline {
+        Classified {
+            class: Classification::Pass,
+            message: format!(
+                "{counts} ({rise:+.1} points, 95% CI {low:+.1} to {high:+.1}); {detail}: within the margin, more runs needed"
+            ),
+            borderline: true,
+        }
+    } else if mw.p_value < alpha && faster {
+        done(Classification::Low, format!("canary faster: {detail}"))
     } else {
-        (Classification::Pass, detail)
+        done(Classification::Pass, detail)
     }
 }
 
@@ -130,18 +180,21 @@ pub fn judge(
     stable: &BTreeMap<String, Aggregate>,
     canary: &BTreeMap<String, Aggregate>,
     rules: &CanaryRules,
+    look: Look,
 ) -> Verdict {
     let mut reasons = Vec::new();
     let mut numbers = BTreeMap::new();
+    let mut undecided = BTreeSet::new();
     let empty = Aggregate::default();
-    let names: std::collections::BTreeSet<&String> = stable.keys().chain(canary.keys()).collect();
+    let names: BTreeSet<&String> = stable.keys().chain(canary.keys()).collect();
     for probe in names {
         let s = stable.get(probe).unwrap_or(&empty);
         let c = canary.get(probe).unwrap_or(&empty);
-        let (class, message) = classify(s, c, rules);
-        let decision = match class {
+        let classified = classify(s, c, rules, look);
+        let few = s.runs < rules.min_samples || c.runs < rules.min_samples;
+        let decision = match classified.class {
             Classification::High => Decision::Fail,
-            _ if s.runs < rules.min_samples || c.runs < rules.min_samples => {
+            _ if few => {
                 reasons.push(Reason {
                     probe: probe.clone(),
                     decision: Decision::Inconclusive,
@@ -153,10 +206,18 @@ pub fn judge(
                 });
                 Decision::Inconclusive
             }
+            _ if classified.borderline => Decision::Inconclusive,
             Classification::NoData => Decision::Inconclusive,
             Classification::Pass | Classification::Low => Decision::Pass,
         };
-        let label = match class {
+        // More runs settle a borderline test, and too few samples when both sides have some.
+        if decision == Decision::Inconclusive
+            && look == Look::Interim
+            && (classified.borderline || (few && s.runs > 0 && c.runs > 0))
+        {
+            undecided.insert(probe.clone());
+        }
+        let label = match classified.class {
             Classification::Pass => "pass",
             Classification::High => "high",
             Classification::Low => "low",
@@ -166,7 +227,7 @@ pub fn judge(
             probe: probe.clone(),
             decision,
             rule: "canary",
-            message: format!("{label}: {message}"),
+            message: format!("{label}: {}", classified.message),
         });
         numbers.insert(
             probe.clone(),
@@ -176,7 +237,9 @@ pub fn judge(
             },
         );
     }
-    Verdict::from_reasons("canary", reasons, numbers)
+    let mut verdict = Verdict::from_reasons("canary", reasons, numbers);
+    verdict.undecided = undecided;
+    verdict
 }
 
 #[cfg(test)]
@@ -199,16 +262,22 @@ mod tests {
             &BTreeMap::from([("p".into(), agg(jitter(100.0, 20), 0))]),
             &BTreeMap::from([("p".into(), agg(jitter(101.0, 20), 0))]),
             &CanaryRules::default(),
+            Look::Final,
         );
         assert_eq!(v.verdict, Decision::Pass, "{}", v.summary());
     }
 
     #[test]
     fn a_slower_canary_is_high() {
-        let (class, msg) = classify(
+        let Classified {
+            class,
+            message: msg,
+            ..
+        } = classify(
             &agg(jitter(100.0, 20), 0),
             &agg(jitter(160.0, 20), 0),
             &CanaryRules::default(),
+            Look::Final,
         );
         assert_eq!(class, Classification::High, "{msg}");
         assert!(
@@ -219,20 +288,26 @@ mod tests {
 
     #[test]
     fn a_faster_canary_is_low_and_passes() {
-        let (class, _) = classify(
+        let Classified { class, .. } = classify(
             &agg(jitter(160.0, 20), 0),
             &agg(jitter(100.0, 20), 0),
             &CanaryRules::default(),
+            Look::Final,
         );
         assert_eq!(class, Classification::Low);
     }
 
     #[test]
     fn more_failures_on_the_canary_is_high() {
-        let (class, msg) = classify(
+        let Classified {
+            class,
+            message: msg,
+            ..
+        } = classify(
             &agg(jitter(100.0, 20), 0),
             &agg(jitter(100.0, 20), 6),
             &CanaryRules::default(),
+            Look::Final,
         );
         assert_eq!(class, Classification::High);
         assert!(msg.contains("canary failed 6 of 20 runs"), "{msg}");
@@ -241,22 +316,32 @@ mod tests {
     #[test]
     fn an_error_rise_beyond_the_runbook_limit_is_high_without_significance() {
         // 3 of 20 vs 0 of 20: Fisher p=0.1154, but +15 points is more than the 10 allowed.
-        let (class, msg) = classify(
+        let Classified {
+            class,
+            message: msg,
+            ..
+        } = classify(
             &agg(jitter(100.0, 20), 0),
             &agg(jitter(100.0, 20), 3),
             &CanaryRules::default(),
+            Look::Final,
         );
         assert_eq!(class, Classification::High, "{msg}");
         assert_eq!(
             msg,
-            "canary failed 3 of 20 runs vs 0 of 20 on stable (+15.0 points, more than the 10.0 \
-             allowed; Fisher p=0.1154)"
+            "canary failed 3 of 20 runs vs 0 of 20 on stable (+15.0 points, 95% CI -3.8 to \
+             +36.0; more than the 10.0 allowed; Fisher p=0.1154)"
         );
         // +10 points is within the limit.
-        let (class, msg) = classify(
+        let Classified {
+            class,
+            message: msg,
+            ..
+        } = classify(
             &agg(jitter(100.0, 20), 0),
             &agg(jitter(100.0, 20), 2),
             &CanaryRules::default(),
+            Look::Final,
         );
         assert_eq!(class, Classification::Pass, "{msg}");
         // Too few runs for either test: not high, and the verdict is inconclusive.
@@ -264,6 +349,7 @@ mod tests {
             &BTreeMap::from([("p".into(), agg(jitter(100.0, 4), 0))]),
             &BTreeMap::from([("p".into(), agg(jitter(100.0, 4), 1))]),
             &CanaryRules::default(),
+            Look::Final,
         );
         assert_eq!(v.verdict, Decision::Inconclusive, "{}", v.summary());
     }
@@ -274,13 +360,46 @@ mod tests {
             &BTreeMap::from([("p".into(), agg(jitter(100.0, 4), 0))]),
             &BTreeMap::from([("p".into(), agg(jitter(100.0, 4), 0))]),
             &CanaryRules::default(),
+            Look::Final,
         );
         assert_eq!(v.verdict, Decision::Inconclusive);
-        let (class, _) = classify(
+        let Classified { class, .. } = classify(
             &Aggregate::default(),
             &agg(jitter(100.0, 20), 0),
             &CanaryRules::default(),
+            Look::Final,
         );
         assert_eq!(class, Classification::NoData);
+    }
+
+    #[test]
+    fn interim_looks_keep_a_clean_canary_running_until_its_zero_failures_mean_something() {
+        let side = |n, failures| BTreeMap::from([("p".into(), agg(jitter(100.0, n), failures))]);
+        let rules = CanaryRules::default();
+        // 0 of 20 on each side cannot rule out a rise of 16 points: undecided, yet the final
+        // look passes it.
+        let v = judge(&side(20, 0), &side(20, 0), &rules, Look::Interim);
+        assert_eq!(v.verdict, Decision::Inconclusive, "{}", v.summary());
+        assert!(v.undecided.contains("p"));
+        assert!(
+            v.reasons[0]
+                .message
+                .ends_with("within the margin, more runs needed")
+        );
+        let v = judge(&side(20, 0), &side(20, 0), &rules, Look::Final);
+        assert_eq!(v.verdict, Decision::Pass, "{}", v.summary());
+        // 0 of 40 on each side rules out more than 10 points.
+        let v = judge(&side(40, 0), &side(40, 0), &rules, Look::Interim);
+        assert_eq!(v.verdict, Decision::Pass, "{}", v.summary());
+        assert!(v.undecided.is_empty());
+        // 10 of 20 against 0 of 20 is high at once.
+        let v = judge(&side(20, 0), &side(20, 10), &rules, Look::Interim);
+        assert_eq!(v.verdict, Decision::Fail, "{}", v.summary());
+        // Too few samples on both sides: more runs settle it. None on one side: they cannot.
+        let v = judge(&side(4, 0), &side(4, 0), &rules, Look::Interim);
+        assert!(v.undecided.contains("p"), "{v:?}");
+        let v = judge(&BTreeMap::new(), &side(20, 0), &rules, Look::Interim);
+        assert_eq!(v.verdict, Decision::Inconclusive);
+        assert!(v.undecided.is_empty());
     }
 }

@@ -8,16 +8,33 @@
 //!
 //! Every verdict carries its reasons with the numbers behind them; too little data is
 //! `inconclusive`, never `pass`.
+//!
+//! Verdicts that compare runs are sequential: after the minimum runs, each [`Look::Interim`]
+//! judgement says which probes are still within their margin of error (the 95% interval of the
+//! error-rate rise or of the p95 ratio straddles the limit), and only those run again, until none
+//! is, a probe fails beyond doubt, or the run cap is reached. The verdict of record is always the
+//! [`Look::Final`] judgement of every run; interim looks only decide when to stop.
 
 pub mod canary;
 pub mod rules;
 pub mod stats;
 pub mod thresholds;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use patrol_probes::result::ProbeResult;
 use serde::Serialize;
+
+use stats::harrell_davis;
+
+/// Which judgement of the runs so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Look {
+    /// More runs may come: a rule within its margin of error leaves its probe undecided.
+    Interim,
+    /// The last look: borderline rules are decided on their estimates.
+    Final,
+}
 
 /// The decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -64,9 +81,9 @@ pub struct Aggregate {
     pub failures: u64,
     /// Error rate in percent.
     pub error_rate: f64,
-    /// 95th percentile duration, seconds.
+    /// 95th percentile duration, seconds (Harrell-Davis estimate from every run).
     pub p95: Option<f64>,
-    /// 99th percentile duration, seconds.
+    /// 99th percentile duration, seconds (Harrell-Davis estimate from every run).
     pub p99: Option<f64>,
     /// Every run's duration, seconds (empty when only aggregates are known; from Prometheus,
     /// the runs it scraped).
@@ -103,8 +120,8 @@ impl Aggregate {
             } else {
                 failures as f64 * 100.0 / runs as f64
             },
-            p95: quantile(&samples, 0.95),
-            p99: quantile(&samples, 0.99),
+            p95: harrell_davis(&samples, 0.95),
+            p99: harrell_davis(&samples, 0.99),
             samples,
             p95_source: None,
         }
@@ -121,7 +138,7 @@ pub fn quantile(sorted: &[f64], q: f64) -> Option<f64> {
 }
 
 /// Per probe: what the verdict looked at.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct ProbeNumbers {
     /// Before the deploy (or stable).
     pub baseline: Option<Aggregate>,
@@ -140,6 +157,9 @@ pub struct Verdict {
     pub reasons: Vec<Reason>,
     /// Numbers per probe.
     pub probes: BTreeMap<String, ProbeNumbers>,
+    /// At an interim look: probes within their margin of error, which more runs would settle.
+    #[serde(skip)]
+    pub undecided: BTreeSet<String>,
 }
 
 impl Verdict {
@@ -167,6 +187,7 @@ impl Verdict {
             check,
             reasons,
             probes,
+            undecided: BTreeSet::new(),
         }
     }
 
