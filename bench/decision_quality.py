@@ -3,11 +3,12 @@
 judged twice, by the rule verdict and by the canary verdict, both from the real `patrol` release
 binary:
   - rule:   a running agent's POST /api/v1/verify with deploy.at_ms at the moment of the change:
-            RUNS post-deploy runs per probe (500 ms apart) against the agent's own scheduled runs
-            of the baseline window before the deploy;
-  - canary: `patrol verify --canary --runs RUNS`: the same probes against a stable shop (never
-            changed) and the deployed shop, interleaved, Mann-Whitney on latencies and Fisher's
-            exact test on failures.
+            at least RUNS post-deploy runs per probe (500 ms apart), more of those still within
+            their margin of error up to MAX_RUNS, against the agent's own scheduled runs of the
+            baseline window before the deploy;
+  - canary: `patrol verify --canary --runs RUNS` (up to MAX_RUNS the same way): the same probes
+            against a stable shop (never changed) and the deployed shop, interleaved,
+            Mann-Whitney on latencies and Fisher's exact test on failures.
 Both start at the deploy moment and run side by side.
 
 Half the deploys are healthy (the shop's natural jitter only), half regressed, cycling through
@@ -25,7 +26,8 @@ the baseline never holds runs of the regressed version.
 
 Environment:
   DEPLOYS=200 LANES=4 RUNS=20    deploys in all, parallel lanes, post-deploy runs per probe (and
-                                 canary runs per track)
+                                 canary runs per track) before the first look at the verdict
+  MAX_RUNS=150                   verify.max_runs: the cap while a rule is within its margin
   WINDOW=12                      verify.baseline in seconds (also the wait after a regression)
   BASE_MS=40 JITTER_MS=40        the shop's natural latency on /api/*: BASE + uniform(0, JITTER)
   NO_BUILD=1                     use target/release as built; BIN_DIR=dir takes the binaries
@@ -53,6 +55,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEPLOYS = int(os.environ.get("DEPLOYS", "200"))
 LANES = int(os.environ.get("LANES", "4"))
 RUNS = int(os.environ.get("RUNS", "20"))
+MAX_RUNS = int(os.environ.get("MAX_RUNS", "150"))
 WINDOW = float(os.environ.get("WINDOW", "12"))
 BASE_MS = int(os.environ.get("BASE_MS", "40"))
 JITTER_MS = int(os.environ.get("JITTER_MS", "40"))
@@ -73,13 +76,13 @@ defaults:
 probes:
   - name: catalog
     tags: [api]
-    schedule: {{ every: 300ms }}
+    schedule: {{ every: 120ms }}
     steps:
       - request: {{ url: "{{{{ api }}}}/api/products" }}
         assert: [ status == 200 ]
   - name: search
     tags: [api]
-    schedule: {{ every: 300ms }}
+    schedule: {{ every: 120ms }}
     steps:
       - request: {{ url: "{{{{ api }}}}/api/search", query: {{ q: laptop }} }}
         assert:
@@ -87,7 +90,7 @@ probes:
           - jsonpath "$.total" >= 1
   - name: checkout
     tags: [api, checkout]
-    schedule: {{ every: 450ms }}
+    schedule: {{ every: 250ms }}
     steps:
       - name: login
         request:
@@ -115,6 +118,7 @@ verify:
   baseline: {window}s
   min_samples: 20
   runs: {runs}
+  max_runs: {max_runs}
   canary:
     stable: {{ api: "{stable}" }}
     canary: {{ api: "{shop}" }}
@@ -199,7 +203,13 @@ class Lane:
         self.config = path
         with open(path, "w") as f:
             f.write(
-                CONFIG.format(shop=self.shop, stable=self.stable, window=int(WINDOW), runs=RUNS)
+                CONFIG.format(
+                    shop=self.shop,
+                    stable=self.stable,
+                    window=int(WINDOW),
+                    runs=RUNS,
+                    max_runs=MAX_RUNS,
+                )
             )
         env = dict(os.environ, PATROL_API_TOKEN=TOKEN, PATROL_LOG="warn")
         self.env = env
@@ -284,7 +294,7 @@ class Lane:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
-            timeout=300,
+            timeout=600,
         )
         result["seconds"] = (now_ms() - at) / 1000.0
         result["exit"] = proc.returncode
@@ -318,6 +328,7 @@ class Lane:
             f"{self.agent}/api/v1/verify",
             {"deploy": {"version": f"d{number}", "environment": "bench", "at_ms": at}},
             token=TOKEN,
+            timeout=600,
         )
         decided = now_ms()
         side.join()
@@ -384,8 +395,9 @@ def main():
         f"load average {load}"
     )
     print(
-        f"settings: {DEPLOYS} deploys, {LANES} lanes, {RUNS} post-deploy runs per probe, "
-        f"baseline window {WINDOW:g}s, natural latency {BASE_MS}+U(0,{JITTER_MS}) ms on /api/*"
+        f"settings: {DEPLOYS} deploys, {LANES} lanes, {RUNS} to {MAX_RUNS} post-deploy runs per "
+        f"probe, baseline window {WINDOW:g}s, natural latency {BASE_MS}+U(0,{JITTER_MS}) ms on "
+        "/api/*"
     )
     # Healthy and regressed deploys interleaved, in a shuffled but reproducible order.
     plan = []
@@ -472,6 +484,14 @@ def report(check, ok):
     ]
     if runs:
         print(f"baseline/stable runs per probe: min {min(runs)}, median {statistics.median(runs):.0f}")
+    for label, rs in [("healthy", healthy)] + [(k, [r for r in regressed if r["kind"] == k]) for k in KINDS]:
+        # The most runs of any probe: how long the verdict kept going.
+        most = [max(n["runs"] for n in r[check]["numbers"].values()) for r in rs if r[check]["numbers"]]
+        if most:
+            print(
+                f"post-deploy runs, {label}: median {statistics.median(most):.0f}, "
+                f"p95 {pct(most, 0.95)}, max {max(most)}"
+            )
     wrong = [r for r in healthy if r[check]["verdict"] != "pass"] + [
         r for r in regressed if r[check]["verdict"] != "fail"
     ]

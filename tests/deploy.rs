@@ -98,6 +98,18 @@ async fn cli(scratch: &Scratch, args: &[&str]) -> Run {
         .await
 }
 
+/// Asserts the error-rate reason of a probe that failed every post-deploy run against a clean
+/// baseline: the rise, its 95% interval (whose low end depends on the run counts, but is far
+/// past the limit) and the limit.
+fn assert_every_run_failed_message(message: &str) {
+    let low: f64 = message
+        .strip_prefix("error rate rose from 0.0% to 100.0% (+100.0 points, 95% CI +")
+        .and_then(|rest| rest.strip_suffix(" to +100.0; more than the 10.0 allowed)"))
+        .and_then(|low| low.parse().ok())
+        .unwrap_or_else(|| panic!("{message}"));
+    assert!(low > 10.0 && low < 100.0, "{message}");
+}
+
 /// The agent's recorded runs of `probe`, newest first (`GET /api/v1/probes/{probe}/runs`).
 async fn runs_of(agent: &Agent, probe: &str) -> Vec<Value> {
     let reply = agent
@@ -225,7 +237,7 @@ async fn deploy_scenario(after: Fault, alone: bool) -> (Value, i64, Agent, Shop,
     let scratch = Scratch::new();
     let agent = start_agent(
         &scratch,
-        &catalog_config(&shop, "  baseline: 1m\n  runs: 6\n"),
+        &catalog_config(&shop, "  baseline: 1m\n  runs: 6\n  max_runs: 6\n"),
     )
     .await;
     wait_for_runs(&agent, "catalog", 40).await;
@@ -298,6 +310,73 @@ async fn a_healthy_deploy_passes() {
     );
 }
 
+/// Sequential verification: `runs` is the minimum and `max_runs` the cap. A clean deploy runs
+/// until its lack of failures rules out the 10 points allowed — 0 of 34 still leaves 10.1
+/// possible, 0 of 35 at most 9.9 — and a broken one stops at the minimum, failing beyond doubt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_deploy_runs_until_no_failure_rules_out_the_limit_and_a_broken_one_stops_early() {
+    let _alone = TIMING.write().await;
+    let shop = shop().await;
+    shop.faults().set(products(BASE_MS, Fault::default()));
+    let scratch = Scratch::new();
+    let agent = start_agent(
+        &scratch,
+        &catalog_config(&shop, "  baseline: 1m\n  runs: 5\n"),
+    )
+    .await;
+    wait_for_runs(&agent, "catalog", 40).await;
+    let at = deploy_moment().await;
+    let body =
+        json!({"probes": ["catalog"], "max_runs": 60, "deploy": {"version": "v2", "at_ms": at}});
+    // 35 rounds, 500 ms apart.
+    let reply = agent
+        .post_within(
+            Duration::from_secs(60),
+            "/api/v1/verify",
+            &body.to_string(),
+            Some(TOKEN),
+        )
+        .await;
+    reply.assert_status(200);
+    let answer = reply.json();
+    assert_eq!(answer["verdict"], "pass", "{answer:#}");
+    let runs = answer["details"]["probes"]["catalog"]["current"]["runs"]
+        .as_u64()
+        .expect("runs");
+    // Latency may ask for a few more runs on a busy machine, never fewer.
+    assert!((35..=45).contains(&runs), "{runs} runs:\n{answer:#}");
+    assert_eq!(
+        answer["runs"].as_array().map(Vec::len),
+        Some(runs as usize),
+        "{answer:#}"
+    );
+    let errors = reason(&answer["details"], "catalog", "error_rate", "pass");
+    let message = errors["message"].as_str().expect("message");
+    assert!(
+        message.starts_with("error rate 0.0% vs 0.0% before (+0.0 points, 95% CI ")
+            && message.ends_with(" to +9.9)"),
+        "{message}"
+    );
+
+    // Every run fails: the first look, after the 5 runs of the minimum, fails it.
+    let at = deploy_moment().await;
+    shop.faults().set(products(
+        BASE_MS,
+        Fault {
+            status: Some(500),
+            error_rate: 1.0,
+            ..Fault::default()
+        },
+    ));
+    let answer = verify(
+        &agent,
+        &json!({"probes": ["catalog"], "deploy": {"version": "v3", "at_ms": at}}),
+    )
+    .await;
+    assert_eq!(answer["verdict"], "fail", "{answer:#}");
+    assert_eq!(answer["details"]["probes"]["catalog"]["current"]["runs"], 5);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eighty_percent_slower_fails_with_the_latency_reason_naming_both_p95s() {
     let (answer, at, agent, _shop, _scratch) =
@@ -320,7 +399,7 @@ async fn eighty_percent_slower_fails_with_the_latency_reason_naming_both_p95s() 
     let message = latency["message"].as_str().expect("message");
     let expected_start = format!("p95 latency rose from {before}ms to {after}ms (+");
     assert!(
-        message.starts_with(&expected_start) && message.ends_with("%, more than the 50% allowed)"),
+        message.starts_with(&expected_start) && message.ends_with("; more than the 50% allowed)"),
         "{message}"
     );
     let percent: f64 = message[expected_start.len()..]
@@ -365,10 +444,7 @@ async fn an_error_fault_fails_with_the_error_rate_reason() {
     assert_eq!(answer["verdict"], "fail", "{answer:#}");
     assert_eq!(answer["error_rates"]["catalog"], 100.0);
     let errors = reason(&answer["details"], "catalog", "error_rate", "fail");
-    assert_eq!(
-        errors["message"],
-        "error rate rose from 0.0% to 100.0% (+100.0 points, more than the 10.0 allowed)"
-    );
+    assert_every_run_failed_message(errors["message"].as_str().expect("message"));
     assert_eq!(
         answer["details"]["probes"]["catalog"]["current"]["failures"],
         6
@@ -405,7 +481,7 @@ async fn a_baseline_of_three_runs_is_inconclusive_never_pass() {
         &config(
             &shop,
             &probe("catalog", "api", "/api/products", ""),
-            "  runs: 5\n",
+            "  runs: 5\n  max_runs: 5\n",
         ),
     )
     .await;
@@ -444,7 +520,7 @@ async fn a_health_probe_failing_after_the_deploy_fails_it() {
     );
     let agent = start_agent(
         &scratch,
-        &config(&shop, &probes, "  baseline: 1m\n  runs: 5\n"),
+        &config(&shop, &probes, "  baseline: 1m\n  runs: 5\n  max_runs: 5\n"),
     )
     .await;
     wait_for_runs(&agent, "health", 6).await;
@@ -586,7 +662,7 @@ async fn argo_gets_200_and_json_on_pass_and_on_fail_and_401_without_the_token() 
     );
     let agent = start_agent(
         &scratch,
-        &config(&shop, &probes, "  baseline: 1m\n  runs: 3\n"),
+        &config(&shop, &probes, "  baseline: 1m\n  runs: 3\n  max_runs: 3\n"),
     )
     .await;
     wait_for_runs(&agent, "catalog", 10).await;
@@ -718,7 +794,7 @@ async fn flagger_agent(shop: &Shop, scratch: &Scratch) -> Agent {
     );
     let agent = start_agent(
         scratch,
-        &config(shop, &probes, "  baseline: 1m\n  runs: 5\n"),
+        &config(shop, &probes, "  baseline: 1m\n  runs: 5\n  max_runs: 5\n"),
     )
     .await;
     for _ in 0..5 {
@@ -793,11 +869,11 @@ async fn flagger_hook_selects_probes_by_metadata_and_answers_200_or_500_with_tex
         )
         .await;
     reply.assert_status(500);
-    assert_eq!(
-        reply.body,
-        "fail shop-prod/podinfo (Progressing): verdict: fail (rules); - catalog: error rate rose \
-         from 0.0% to 100.0% (+100.0 points, more than the 10.0 allowed)\n"
-    );
+    let summary = reply
+        .body
+        .strip_prefix("fail shop-prod/podinfo (Progressing): verdict: fail (rules); - catalog: ")
+        .unwrap_or_else(|| panic!("{}", reply.body));
+    assert_every_run_failed_message(summary.strip_suffix('\n').expect("one line"));
 
     // Without a phase, Flagger's payload still works; unknown probes are a 400, not a verdict.
     let reply = agent
@@ -1038,7 +1114,10 @@ async fn alertmanager_rollback_alerts_act_once_per_fingerprint_and_nothing_else_
 async fn broken_deploy(shop: &Shop, scratch: &Scratch, action: &str) -> (Agent, i64) {
     let agent = start_agent(
         scratch,
-        &catalog_config(shop, &format!("  baseline: 1m\n  runs: 3\n{action}")),
+        &catalog_config(
+            shop,
+            &format!("  baseline: 1m\n  runs: 3\n  max_runs: 3\n{action}"),
+        ),
     )
     .await;
     wait_for_runs(&agent, "catalog", 6).await;
@@ -1087,13 +1166,10 @@ async fn the_rollback_command_runs_once_per_deploy_and_never_in_dry_run() {
     );
     let lines = marker_lines(&live);
     assert_eq!(lines.len(), 1, "exactly one run: {lines:?}");
-    assert!(
-        lines[0].starts_with(
-            "v2|catalog|verdict: fail (rules); - catalog: error rate rose from 0.0% to 100.0% \
-             (+100.0 points, more than the 10.0 allowed)"
-        ),
-        "PATROL_VERSION, PATROL_PROBES and PATROL_REASON: {lines:?}"
-    );
+    let reason = lines[0]
+        .strip_prefix("v2|catalog|verdict: fail (rules); - catalog: ")
+        .unwrap_or_else(|| panic!("PATROL_VERSION, PATROL_PROBES and PATROL_REASON: {lines:?}"));
+    assert_every_run_failed_message(reason);
     let text = agent.metrics().await;
     assert_eq!(
         metric(&text, r#"patrol_rollback_actions_total{result="executed"}"#),
@@ -1182,6 +1258,8 @@ async fn cli_baseline_from_an_agent_passes_a_healthy_deploy_and_fails_a_slow_one
         "--baseline-from",
         &url,
         "--runs",
+        "5",
+        "--max-runs",
         "5",
         "--interval",
         "200ms",
@@ -1359,7 +1437,7 @@ async fn cli_watch_passes_within_thresholds_and_stops_early_once_they_cannot_be_
         &config(
             &shop,
             &probe("catalog", "api", "/api/products", ""),
-            "  runs: 5\n",
+            "  runs: 5\n  max_runs: 5\n",
         ),
     );
     let run = cli(&scratch, &["--watch", "1s"]).await;
@@ -1390,6 +1468,8 @@ async fn cli_canary_fails_a_slower_canary_and_passes_equal_tracks() {
     let args = [
         "--canary",
         "--runs",
+        "12",
+        "--max-runs",
         "12",
         "--interval",
         "100ms",
@@ -1437,6 +1517,8 @@ async fn cli_canary_fails_a_slower_canary_and_passes_equal_tracks() {
         "--canary",
         "--runs",
         "4",
+        "--max-runs",
+        "4",
         "--interval",
         "50ms",
         "--report-json",
@@ -1455,6 +1537,25 @@ async fn cli_canary_fails_a_slower_canary_and_passes_equal_tracks() {
     let mut allowed = few.to_vec();
     allowed.push("--allow-inconclusive");
     cli(&scratch, &allowed).await.assert_code(0);
+
+    // Without a cap (verify.max_runs, 100), runs go on until no failure on either side rules out
+    // the 10 points allowed: 0 of 35 (the interval of the rise reaches 9.9).
+    let sequential = [
+        "--canary",
+        "--runs",
+        "12",
+        "--interval",
+        "50ms",
+        "--report-json",
+        "report.json",
+    ];
+    cli(&scratch, &sequential).await.assert_code(0);
+    let report: Value = serde_json::from_str(&scratch.read("report.json")).expect("JSON report");
+    assert_eq!(report["verdict"]["verdict"], "pass", "{report:#}");
+    let numbers = &report["verdict"]["probes"]["catalog"];
+    let runs = numbers["current"]["runs"].as_u64().expect("runs");
+    assert!((35..=45).contains(&runs), "{runs} runs: {report:#}");
+    assert_eq!(numbers["baseline"]["runs"], runs, "stable and canary run alike");
 }
 
 /// `name` on PATH, or `None` after saying loudly on stderr why the calling test checks nothing.
@@ -1649,10 +1750,7 @@ async fn cli_prometheus_baseline_passes_a_healthy_deploy_and_fails_errors_and_sl
     run.assert_code(1);
     let report: Value = serde_json::from_str(&scratch.read("report.json")).expect("JSON report");
     let errors = reason(&report["verdict"], "catalog", "error_rate", "fail");
-    assert_eq!(
-        errors["message"],
-        "error rate rose from 0.0% to 100.0% (+100.0 points, more than the 10.0 allowed)"
-    );
+    assert_every_run_failed_message(errors["message"].as_str().expect("message"));
 
     // Four times slower.
     shop.faults().set(products(BASE_MS * 4, Fault::default()));
@@ -1675,7 +1773,7 @@ async fn flagger_does_not_pass_an_inconclusive_verdict() {
         &config(
             &shop,
             &probe("catalog", "api", "/api/products", ""),
-            "  runs: 5\n",
+            "  runs: 5\n  max_runs: 5\n",
         ),
     )
     .await;
@@ -1706,7 +1804,7 @@ async fn flagger_keeps_failing_a_regressed_canary_on_every_rollout_call() {
     let scratch = Scratch::new();
     let agent = start_agent(
         &scratch,
-        &catalog_config(&shop, "  baseline: 1m\n  runs: 5\n"),
+        &catalog_config(&shop, "  baseline: 1m\n  runs: 5\n  max_runs: 5\n"),
     )
     .await;
     wait_for_runs(&agent, "catalog", 40).await;

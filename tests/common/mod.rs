@@ -653,6 +653,18 @@ pub async fn http(
     headers: &[(&str, &str)],
     body: Vec<u8>,
 ) -> Reply {
+    http_within(HTTP_LIMIT, addr, method, path, headers, body).await
+}
+
+/// [`http`] for answers that take longer than [`HTTP_LIMIT`] by design.
+pub async fn http_within(
+    limit: Duration,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> Reply {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let exchange = async {
         let mut stream = tokio::net::TcpStream::connect(addr)
@@ -696,9 +708,9 @@ pub async fn http(
             )
         })
     };
-    tokio::time::timeout(HTTP_LIMIT, exchange)
+    tokio::time::timeout(limit, exchange)
         .await
-        .unwrap_or_else(|_| panic!("{method} {path} got no answer in {HTTP_LIMIT:?}"))
+        .unwrap_or_else(|_| panic!("{method} {path} got no answer in {limit:?}"))
 }
 
 /// Parses a whole HTTP/1.1 response: status line, headers, and a body delimited by
@@ -762,12 +774,24 @@ impl Agent {
 
     /// `POST path` with a JSON body, and `Authorization: Bearer <token>` when given.
     pub async fn post(&self, path: &str, json: &str, token: Option<&str>) -> Reply {
+        self.post_within(HTTP_LIMIT, path, json, token).await
+    }
+
+    /// [`Agent::post`] for answers that take longer than [`HTTP_LIMIT`] by design.
+    pub async fn post_within(
+        &self,
+        limit: Duration,
+        path: &str,
+        json: &str,
+        token: Option<&str>,
+    ) -> Reply {
         let auth = token.map(|t| format!("Bearer {t}"));
         let mut headers = vec![("content-type", "application/json")];
         if let Some(auth) = &auth {
             headers.push(("authorization", auth.as_str()));
         }
-        http(self.addr, "POST", path, &headers, json.as_bytes().to_vec()).await
+        let body = json.as_bytes().to_vec();
+        http_within(limit, self.addr, "POST", path, &headers, body).await
     }
 
     /// The `/metrics` text.

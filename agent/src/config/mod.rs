@@ -278,6 +278,36 @@ mod tests {
             .collect()
     }
 
+    const ONE_PROBE: &str = "probes:\n  - name: a\n    steps:\n      - request: { url: \"http://127.0.0.1:1\" }\n";
+
+    #[test]
+    fn max_runs_is_the_cap_of_sequential_runs_and_never_below_runs() {
+        let load = |verify: &str| {
+            let src = format!("{ONE_PROBE}verify:\n{verify}");
+            load_str("t.yaml", &src).unwrap_or_else(|r| panic!("{r}")).0
+        };
+        let defaults = load("  baseline: 10m\n");
+        assert_eq!((defaults.verify.runs, defaults.verify.max_runs), (5, 100));
+        let fixed = load("  runs: 20\n  max_runs: 20\n");
+        assert_eq!((fixed.verify.runs, fixed.verify.max_runs), (20, 20));
+        // A minimum above the default cap raises the cap with it.
+        let many = load("  runs: 150\n");
+        assert_eq!((many.verify.runs, many.verify.max_runs), (150, 150));
+        // Wherever max_runs is written, it is checked against runs.
+        let src = format!("{ONE_PROBE}verify:\n  max_runs: 10\n  runs: 20\n");
+        assert_eq!(
+            errors(&src),
+            vec![(
+                6,
+                13,
+                "verify.max_runs (10) is below verify.runs (20)".to_string(),
+                "runs is the minimum and max_runs the cap: write `max_runs: 20` or more (equal \
+                 to runs for a fixed number of runs)"
+                    .to_string()
+            )]
+        );
+    }
+
     #[test]
     fn a_valid_config_builds_specs_with_defaults_and_overrides() {
         let src = r#"
