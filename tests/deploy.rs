@@ -1555,7 +1555,10 @@ async fn cli_canary_fails_a_slower_canary_and_passes_equal_tracks() {
     let numbers = &report["verdict"]["probes"]["catalog"];
     let runs = numbers["current"]["runs"].as_u64().expect("runs");
     assert!((35..=45).contains(&runs), "{runs} runs: {report:#}");
-    assert_eq!(numbers["baseline"]["runs"], runs, "stable and canary run alike");
+    assert_eq!(
+        numbers["baseline"]["runs"], runs,
+        "stable and canary run alike"
+    );
 }
 
 /// `name` on PATH, or `None` after saying loudly on stderr why the calling test checks nothing.

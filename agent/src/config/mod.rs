@@ -278,7 +278,8 @@ mod tests {
             .collect()
     }
 
-    const ONE_PROBE: &str = "probes:\n  - name: a\n    steps:\n      - request: { url: \"http://127.0.0.1:1\" }\n";
+    const ONE_PROBE: &str =
+        "probes:\n  - name: a\n    steps:\n      - request: { url: \"http://127.0.0.1:1\" }\n";
 
     #[test]
     fn max_runs_is_the_cap_of_sequential_runs_and_never_below_runs() {

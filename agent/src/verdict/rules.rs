@@ -241,6 +241,16 @@ mod tests {
         BTreeMap::from([(name.to_string(), a)])
     }
 
+    fn final_look(base: Aggregate, now: Aggregate) -> Verdict {
+        judge(
+            &one("a", base),
+            &one("a", now),
+            &HashSet::new(),
+            &rules(),
+            Look::Final,
+        )
+    }
+
     #[test]
     fn healthy_deploy_passes() {
         let base = agg(&[100.0, 104.0, 98.0, 101.0, 99.0, 103.0, 102.0, 100.0], 0);
@@ -279,31 +289,11 @@ mod tests {
     fn ten_percent_slower_passes_and_tiny_absolute_rises_are_noise() {
         let base = agg(&[100.0; 10], 0);
         let now = agg(&[110.0; 10], 0);
-        assert_eq!(
-            judge(
-                &one("a", base),
-                &one("a", now),
-                &HashSet::new(),
-                &rules(),
-                Look::Final
-            )
-            .verdict,
-            Decision::Pass
-        );
+        assert_eq!(final_look(base, now).verdict, Decision::Pass);
         // 1ms → 2ms is +100% but only 1ms: noise on loopback.
         let base = agg(&[1.0; 10], 0);
         let now = agg(&[2.0; 10], 0);
-        assert_eq!(
-            judge(
-                &one("a", base),
-                &one("a", now),
-                &HashSet::new(),
-                &rules(),
-                Look::Final
-            )
-            .verdict,
-            Decision::Pass
-        );
+        assert_eq!(final_look(base, now).verdict, Decision::Pass);
     }
 
     #[test]
@@ -344,13 +334,7 @@ mod tests {
     fn a_small_baseline_is_inconclusive_never_pass() {
         let base = agg(&[100.0; 3], 0);
         let now = agg(&[100.0; 10], 0);
-        let v = judge(
-            &one("a", base),
-            &one("a", now),
-            &HashSet::new(),
-            &rules(),
-            Look::Final,
-        );
+        let v = final_look(base, now);
         assert_eq!(v.verdict, Decision::Inconclusive);
         assert_eq!(
             v.reasons[0].message,
@@ -395,13 +379,7 @@ mod tests {
              margin of the 10.0 allowed, more runs needed"
         );
         // The final look decides on the estimate.
-        let v = judge(
-            &one("a", base()),
-            &one("a", agg(&[100.0; 20], 1)),
-            &HashSet::new(),
-            &rules(),
-            Look::Final,
-        );
+        let v = final_look(base(), agg(&[100.0; 20], 1));
         assert_eq!(v.verdict, Decision::Pass);
         assert!(v.undecided.is_empty());
         // 0 of 20 cannot rule out a route failing 16% of requests; 0 of 35 rules out 10%.
