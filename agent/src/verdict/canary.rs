@@ -6,8 +6,9 @@
 //! `nodata`; too few samples is inconclusive, never pass.
 //!
 //! Interim looks call a difference only beyond doubt (the error-rate rise's 95% interval wholly
-//! past the limit, or significance at a fifth of `alpha`) and leave borderline probes undecided,
-//! to run again; the final look applies the tests as a fixed number of runs would.
+//! past the limit, significance at a fifth of `alpha`, a latency shift whose 99.9% interval
+//! clears the tolerance) and leave borderline probes undecided, to run again; the final look
+//! applies the tests as a fixed number of runs would.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -157,8 +158,11 @@ pub fn classify(
     );
     let slower = mw.ci.0 > tolerance;
     let faster = mw.ci.1 < -tolerance;
-    let latency_borderline = interim && mw.p_value < rules.alpha && (slower || faster);
-    if mw.p_value < alpha && slower {
+    // An interim look may be one of many: only a shift whose 99.9% interval clears the
+    // tolerance stops the runs; one that only the 95% interval clears runs again.
+    let beyond_doubt = !interim || mw.ci_999.0 > tolerance;
+    let latency_borderline = interim && mw.p_value < rules.alpha && slower;
+    if mw.p_value < alpha && slower && beyond_doubt {
         done(Classification::High, format!("canary slower: {detail}"))
     } else if errors_borderline || latency_borderline {
         Classified {
@@ -401,5 +405,30 @@ mod tests {
         let v = judge(&BTreeMap::new(), &side(20, 0), &rules, Look::Interim);
         assert_eq!(v.verdict, Decision::Inconclusive);
         assert!(v.undecided.is_empty());
+    }
+
+    #[test]
+    fn interim_looks_stop_on_a_slower_canary_only_beyond_doubt() {
+        let rules = CanaryRules::default();
+        // 40 runs a side: no failure on either side settles the error rate.
+        let (stable, small, large) = (
+            agg(jitter(100.0, 40), 0),
+            agg(jitter(112.0, 40), 0),
+            agg(jitter(160.0, 40), 0),
+        );
+        // 12ms slower against a 10ms tolerance: the 95% interval clears it, the 99.9% one does
+        // not. Interim: run again; final: high.
+        let interim = classify(&stable, &small, &rules, Look::Interim);
+        assert_eq!(interim.class, Classification::Pass, "{interim:?}");
+        assert!(interim.borderline, "{interim:?}");
+        let last = classify(&stable, &small, &rules, Look::Final);
+        assert_eq!(last.class, Classification::High, "{last:?}");
+        // 60ms slower is high at any look.
+        let interim = classify(&stable, &large, &rules, Look::Interim);
+        assert_eq!(interim.class, Classification::High, "{interim:?}");
+        // A faster canary is low, which passes, and needs no more runs.
+        let faster = classify(&large, &stable, &rules, Look::Interim);
+        assert_eq!(faster.class, Classification::Low, "{faster:?}");
+        assert!(!faster.borderline);
     }
 }

@@ -22,6 +22,8 @@ pub struct MannWhitney {
     pub shift: f64,
     /// 95% confidence interval of the shift.
     pub ci: (f64, f64),
+    /// 99.9% confidence interval of the shift: what a look that may be repeated relies on.
+    pub ci_999: (f64, f64),
 }
 
 fn normal() -> Normal {
@@ -80,15 +82,19 @@ pub fn mann_whitney(x: &[f64], y: &[f64]) -> Option<MannWhitney> {
     } else {
         (diffs[m / 2 - 1] + diffs[m / 2]) / 2.0
     };
-    let z = normal().inverse_cdf(0.975);
-    let k = (a * b / 2.0 - z * (a * b * (a + b + 1.0) / 12.0).sqrt()).floor();
-    let k = if k < 0.0 { 0 } else { (k as usize).min(m - 1) };
-    let ci = (diffs[k], diffs[m - 1 - k]);
+    // The distribution-free interval: the k-th smallest and largest differences.
+    let interval = |confidence: f64| {
+        let z = normal().inverse_cdf(0.5 + confidence / 2.0);
+        let k = (a * b / 2.0 - z * (a * b * (a + b + 1.0) / 12.0).sqrt()).floor();
+        let k = if k < 0.0 { 0 } else { (k as usize).min(m - 1) };
+        (diffs[k], diffs[m - 1 - k])
+    };
     Some(MannWhitney {
         u,
         p_value,
         shift,
-        ci,
+        ci: interval(0.95),
+        ci_999: interval(0.999),
     })
 }
 
@@ -261,6 +267,11 @@ mod tests {
         assert!(close(r.shift, 3.55, 1e-9));
         assert!(
             close(r.ci.0, 2.4, 1e-9) && close(r.ci.1, 4.5, 1e-9),
+            "{r:?}"
+        );
+        // The same order statistics at 99.9% (k = 6 instead of 24).
+        assert!(
+            close(r.ci_999.0, 1.3, 1e-9) && close(r.ci_999.1, 6.0, 1e-9),
             "{r:?}"
         );
     }
