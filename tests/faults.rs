@@ -663,40 +663,6 @@ fn browser_installed() -> bool {
         .all(|p| std::path::Path::new(p).exists())
 }
 
-/// PIDs of `pid`'s descendants with their command names.
-fn descendants(pid: u32) -> Vec<(u32, String)> {
-    let mut parents = vec![pid];
-    let mut found: Vec<(u32, String)> = Vec::new();
-    while let Some(parent) = parents.pop() {
-        let Ok(entries) = std::fs::read_dir("/proc") else {
-            break;
-        };
-        for entry in entries.filter_map(Result::ok) {
-            let Some(child) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
-            let ppid = stat
-                .rsplit_once(") ")
-                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-                .and_then(|p| p.parse::<u32>().ok());
-            if ppid == Some(parent) && found.iter().all(|(p, _)| *p != child) {
-                let comm = std::fs::read_to_string(format!("/proc/{child}/comm"))
-                    .unwrap_or_default()
-                    .trim()
-                    .to_string();
-                found.push((child, comm));
-                parents.push(child);
-            }
-        }
-    }
-    found
-}
-
 /// `kill -SIGNAL pids`.
 fn signal(name: &str, pids: &[u32]) {
     if pids.is_empty() {
@@ -864,7 +830,7 @@ async fn hang_chromium_mid_load(
     let before = hits.load(std::sync::atomic::Ordering::SeqCst);
     let id = agent.start_run(r#"{"probes":["slow"]}"#, None).await;
     browser_waiting(agent, &id, hits, before).await;
-    let browsers: Vec<u32> = descendants(agent.pid())
+    let browsers: Vec<u32> = common::descendants(agent.pid())
         .into_iter()
         .filter(|(_, comm)| comm.starts_with("chrom") && !comm.starts_with("chromedriver"))
         .map(|(pid, _)| pid)
@@ -889,7 +855,7 @@ async fn kill_chromedriver_mid_load(
     let before = hits.load(std::sync::atomic::Ordering::SeqCst);
     let id = agent.start_run(r#"{"probes":["slow"]}"#, None).await;
     browser_waiting(agent, &id, hits, before).await;
-    let driver: Vec<u32> = descendants(agent.pid())
+    let driver: Vec<u32> = common::descendants(agent.pid())
         .into_iter()
         .filter(|(_, comm)| comm.starts_with("chromedriver"))
         .map(|(pid, _)| pid)

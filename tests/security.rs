@@ -530,43 +530,6 @@ async fn verify_saves_failed_bodies_scrubbed_of_secrets() {
     }
 }
 
-/// PIDs of `pid`'s descendants.
-fn descendants(pid: u32) -> Vec<u32> {
-    let mut parents = vec![pid];
-    let mut found = Vec::new();
-    while let Some(parent) = parents.pop() {
-        let Ok(entries) = std::fs::read_dir("/proc") else {
-            break;
-        };
-        for entry in entries.filter_map(Result::ok) {
-            let Some(child) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
-            let ppid = stat
-                .rsplit_once(") ")
-                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-                .and_then(|p| p.parse::<u32>().ok());
-            if ppid == Some(parent) && !found.contains(&child) {
-                found.push(child);
-                parents.push(child);
-            }
-        }
-    }
-    found
-}
-
-fn command_name(pid: u32) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .unwrap_or_default()
-        .trim()
-        .to_string()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromedriver_listens_on_loopback_only() {
     let installed = |p: &str| Path::new(p).exists();
@@ -592,11 +555,12 @@ async fn chromedriver_listens_on_loopback_only() {
         agent.stderr()
     );
 
-    let tree = descendants(agent.pid());
-    let driver: Vec<u32> = tree
+    let named = common::descendants(agent.pid());
+    let tree: Vec<u32> = named.iter().map(|(pid, _)| *pid).collect();
+    let driver: Vec<u32> = named
         .iter()
-        .copied()
-        .filter(|p| command_name(*p).starts_with("chromedriver"))
+        .filter(|(_, comm)| comm.starts_with("chromedriver"))
+        .map(|(pid, _)| *pid)
         .collect();
     assert_eq!(driver.len(), 1, "one chromedriver expected among {tree:?}");
     let listing = std::process::Command::new("ss")

@@ -10,6 +10,7 @@
 //! - golden files: [`normalise_console`], [`assert_golden`]
 //! - fault fixtures: [`verify_config`] (any target), [`RawServer`] (a raw TCP server),
 //!   [`read_request_head`], [`reset`] (close with an RST)
+//! - processes: [`descendants`] (a child's whole tree, from /proc)
 
 // Each test file uses a different subset of these helpers.
 #![allow(dead_code)]
@@ -1013,4 +1014,38 @@ pub fn reset(stream: tokio::net::TcpStream) {
         .set_linger(Some(Duration::ZERO))
         .expect("set SO_LINGER to zero");
     drop(stream);
+}
+
+/// PIDs of `pid`'s descendants with their command names.
+pub fn descendants(pid: u32) -> Vec<(u32, String)> {
+    let mut parents = vec![pid];
+    let mut found: Vec<(u32, String)> = Vec::new();
+    while let Some(parent) = parents.pop() {
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            break;
+        };
+        for entry in entries.filter_map(Result::ok) {
+            let Some(child) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
+            let ppid = stat
+                .rsplit_once(") ")
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            if ppid == Some(parent) && found.iter().all(|(p, _)| *p != child) {
+                let comm = std::fs::read_to_string(format!("/proc/{child}/comm"))
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string();
+                found.push((child, comm));
+                parents.push(child);
+            }
+        }
+    }
+    found
 }
