@@ -251,7 +251,7 @@ impl ProbeSeries {
             if step.result != Outcome::Skipped {
                 series
                     .duration
-                    .get_or_insert_with(|| Buckets::default())
+                    .get_or_insert_default()
                     .observe(LATENCY_BUCKETS, step.duration.as_secs_f64());
             }
             match &step.phases {
