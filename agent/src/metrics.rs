@@ -60,8 +60,14 @@ const QUEUE_WAIT_BUCKETS: &[f64] = &[
 ];
 
 /// Bytes of exposition text handed out at a time by [`Metrics::render_chunks`]: small enough
-/// that a scrape of thousands of probes never holds the whole text, large enough to be cheap.
-pub const RENDER_CHUNK_BYTES: usize = 64 * 1024;
+/// that a scrape of thousands of probes never holds the whole text, large enough to be cheap
+/// (~1,600 pieces for 500 two-step probes).
+///
+/// The pieces live in the heap while they wait for the scraper: the renderer's buffer, one in
+/// the channel, and up to 16 queued in hyper's write buffer. glibc keeps whatever heap that
+/// took, so it is resident after the scrape. With 64 KiB pieces each scrape left ~0.4 MiB
+/// more; with 8 KiB it leaves ~10 KiB (`bench/rss_500.sh`, BENCHMARKS.md §4).
+pub const RENDER_CHUNK_BYTES: usize = 8 * 1024;
 
 /// Every metric Patrol exports: the `probe_*` series in a compact store of their own, the
 /// agent's `patrol_*` series in a prometheus registry.

@@ -65,11 +65,13 @@ async fn metrics(State(state): State<Shared>) -> Response {
     // With thousands of probes the exposition takes tenths of a second to render: on an async
     // worker that would hold up the scheduler's fires, so it runs on the blocking pool. It is
     // streamed in pieces of RENDER_CHUNK_BYTES, so the agent never holds the whole text (12 MiB
-    // for 500 two-step probes), which the allocator would keep afterwards.
+    // for 500 two-step probes), which the allocator would keep afterwards. One piece waits in
+    // the channel at most: every piece alive at once (here, in the channel, in hyper's write
+    // queue) is heap the allocator keeps once the scrape is over (BENCHMARKS.md §4).
     // No lock is held while a piece waits for the scraper (see `ProbeSeriesStore::encode`); a
     // scraper that stops reading for SCRAPE_STALL is dropped, and the rest goes nowhere.
     let metrics = Arc::clone(&state.metrics);
-    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(2);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
     let runtime = tokio::runtime::Handle::current();
     let rendering = tokio::task::spawn_blocking(move || {
         let mut gone = false;
