@@ -327,7 +327,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_fixed_number_of_runs_never_looks_early() {
+    async fn a_fixed_number_of_runs_runs_exactly_that_many() {
         assert_eq!(Rounds::new(0, 0), Rounds { min: 1, max: 1 });
         assert_eq!(Rounds::new(10, 3), Rounds { min: 10, max: 10 });
         let (results, _, rounds) = settle(&["slow"], Rounds::new(6, 6), 1000).await;
