@@ -178,10 +178,7 @@ async fn judge(
         (_, Some(url)) => baseline::from_prometheus(url, &names, window).await?,
         _ => unreachable!("verdict mode without a baseline source"),
     };
-    let rounds = deploy::Rounds::new(
-        args.runs.unwrap_or(config.verify.runs),
-        args.max_runs.unwrap_or(config.verify.max_runs),
-    );
+    let rounds = deploy::Rounds::asked(&config.verify, args.runs, args.max_runs);
     let runtime = config.runtime(config.masker());
     let health = deploy::health_probes(chosen);
     let limits = deploy::rules(config);
@@ -276,10 +273,9 @@ async fn canary_mode(
     };
     let stable_rt = runtime_for(&stable_vars, "stable");
     let canary_rt = runtime_for(&canary_vars, "canary");
-    let rounds = deploy::Rounds::new(
-        args.runs.unwrap_or(config.verify.runs.max(20)),
-        args.max_runs.unwrap_or(config.verify.max_runs),
-    );
+    // 20 runs a side at least by default: Mann-Whitney and Fisher need them.
+    let runs = args.runs.unwrap_or(config.verify.runs.max(20));
+    let rounds = deploy::Rounds::asked(&config.verify, Some(runs), args.max_runs);
     let interval = args.interval.unwrap_or(Duration::from_millis(200));
     let limits = deploy::canary_rules(config);
     let (results, verdict, _) = deploy::run_until_settled(

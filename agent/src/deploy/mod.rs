@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use patrol_probes::result::ProbeResult;
 
-use crate::config::{Config, ProbeConfig};
+use crate::config::{Config, ProbeConfig, VerifyConfig};
 use crate::verdict::rules::Rules;
 use crate::verdict::{Aggregate, Decision, Look, Verdict, canary::CanaryRules};
 
@@ -50,6 +50,15 @@ impl Rounds {
             min,
             max: max.max(min),
         }
+    }
+
+    /// `runs` to `max_runs` as asked, each defaulting to the config's `verify.runs` and
+    /// `verify.max_runs`.
+    pub fn asked(verify: &VerifyConfig, runs: Option<u32>, max_runs: Option<u32>) -> Rounds {
+        Rounds::new(
+            runs.unwrap_or(verify.runs),
+            max_runs.unwrap_or(verify.max_runs),
+        )
     }
 }
 
@@ -205,7 +214,6 @@ pub async fn verify_in_agent(
         },
     )
     .await;
-    let current = aggregates(results.iter().map(|r| r.as_ref()));
     state.metrics.record_verdict(verdict.verdict.as_str());
     tracing::info!(verdict = verdict.verdict.as_str(), summary = %verdict.summary(), "Deploy verified.");
     let action = if verdict.verdict == crate::verdict::Decision::Fail {
@@ -220,13 +228,12 @@ pub async fn verify_in_agent(
     } else {
         None
     };
+    // The verdict's numbers hold every probe's post-deploy aggregate.
+    let current = verdict.probes.iter().map(|(k, n)| (k.clone(), &n.current));
     DeployVerification {
         verdict: verdict.verdict,
-        error_rates: current
-            .iter()
-            .map(|(k, a)| (k.clone(), a.error_rate))
-            .collect(),
-        p95s: current.iter().map(|(k, a)| (k.clone(), a.p95)).collect(),
+        error_rates: current.clone().map(|(k, a)| (k, a.error_rate)).collect(),
+        p95s: current.map(|(k, a)| (k, a.p95)).collect(),
         details: verdict,
         action,
         deploy,

@@ -86,14 +86,11 @@ pub async fn verify(
         Ok(c) => c,
         Err(e) => return error(StatusCode::NOT_FOUND, e),
     };
-    let rounds = {
-        let verify = &state.loaded().config.verify;
-        let min = body.runs.unwrap_or(verify.runs).min(1000);
-        Rounds::new(
-            min,
-            body.max_runs.unwrap_or(verify.max_runs.max(min)).min(1000),
-        )
-    };
+    let rounds = Rounds::asked(
+        &state.loaded().config.verify,
+        body.runs.map(|n| n.min(1000)),
+        body.max_runs.map(|n| n.min(1000)),
+    );
     let outcome: DeployVerification =
         verify_in_agent(&state, chosen, rounds, body.deploy, None).await;
     // Always 200: Argo judges `result.verdict`, and reads a non-2xx or non-JSON answer wrongly.
@@ -230,10 +227,7 @@ pub async fn flagger(
         track: None,
         at_ms,
     };
-    let rounds = {
-        let verify = &state.loaded().config.verify;
-        Rounds::new(verify.runs, verify.max_runs)
-    };
+    let rounds = Rounds::asked(&state.loaded().config.verify, None, None);
     let outcome = verify_in_agent(&state, chosen, rounds, Some(deploy), Some(key.clone())).await;
     let failed_runs = outcome
         .details

@@ -241,13 +241,14 @@ mod tests {
         BTreeMap::from([(name.to_string(), a)])
     }
 
-    fn final_look(base: Aggregate, now: Aggregate) -> Verdict {
+    /// Judges probe `a` at `look`.
+    fn look_at(look: Look, base: Aggregate, now: Aggregate) -> Verdict {
         judge(
             &one("a", base),
             &one("a", now),
             &HashSet::new(),
             &rules(),
-            Look::Final,
+            look,
         )
     }
 
@@ -289,11 +290,11 @@ mod tests {
     fn ten_percent_slower_passes_and_tiny_absolute_rises_are_noise() {
         let base = agg(&[100.0; 10], 0);
         let now = agg(&[110.0; 10], 0);
-        assert_eq!(final_look(base, now).verdict, Decision::Pass);
+        assert_eq!(look_at(Look::Final, base, now).verdict, Decision::Pass);
         // 1ms → 2ms is +100% but only 1ms: noise on loopback.
         let base = agg(&[1.0; 10], 0);
         let now = agg(&[2.0; 10], 0);
-        assert_eq!(final_look(base, now).verdict, Decision::Pass);
+        assert_eq!(look_at(Look::Final, base, now).verdict, Decision::Pass);
     }
 
     #[test]
@@ -334,7 +335,7 @@ mod tests {
     fn a_small_baseline_is_inconclusive_never_pass() {
         let base = agg(&[100.0; 3], 0);
         let now = agg(&[100.0; 10], 0);
-        let v = final_look(base, now);
+        let v = look_at(Look::Final, base, now);
         assert_eq!(v.verdict, Decision::Inconclusive);
         assert_eq!(
             v.reasons[0].message,
@@ -349,16 +350,6 @@ mod tests {
             .collect()
     }
 
-    fn interim(base: Aggregate, now: Aggregate) -> Verdict {
-        judge(
-            &one("a", base),
-            &one("a", now),
-            &HashSet::new(),
-            &rules(),
-            Look::Interim,
-        )
-    }
-
     fn reason<'a>(v: &'a Verdict, rule: &str) -> &'a Reason {
         v.reasons
             .iter()
@@ -370,7 +361,7 @@ mod tests {
     fn interim_looks_judge_the_error_rate_only_beyond_its_margin_of_error() {
         let base = || agg(&[100.0; 100], 0);
         // 1 of 20 (+5 points): the interval (-0.5 to +23.6) straddles the 10 allowed.
-        let v = interim(base(), agg(&[100.0; 20], 1));
+        let v = look_at(Look::Interim, base(), agg(&[100.0; 20], 1));
         assert_eq!(v.verdict, Decision::Inconclusive, "{}", v.summary());
         assert!(v.undecided.contains("a"));
         assert_eq!(
@@ -379,20 +370,20 @@ mod tests {
              margin of the 10.0 allowed, more runs needed"
         );
         // The final look decides on the estimate.
-        let v = final_look(base(), agg(&[100.0; 20], 1));
+        let v = look_at(Look::Final, base(), agg(&[100.0; 20], 1));
         assert_eq!(v.verdict, Decision::Pass);
         assert!(v.undecided.is_empty());
         // 0 of 20 cannot rule out a route failing 16% of requests; 0 of 35 rules out 10%.
         assert!(
-            interim(base(), agg(&[100.0; 20], 0))
+            look_at(Look::Interim, base(), agg(&[100.0; 20], 0))
                 .undecided
                 .contains("a")
         );
-        let v = interim(base(), agg(&[100.0; 35], 0));
+        let v = look_at(Look::Interim, base(), agg(&[100.0; 35], 0));
         assert_eq!(v.verdict, Decision::Pass, "{}", v.summary());
         assert!(v.undecided.is_empty());
         // 8 of 20 (+40 points, interval +21.5 to +61.3) fails at once.
-        let v = interim(base(), agg(&[100.0; 20], 8));
+        let v = look_at(Look::Interim, base(), agg(&[100.0; 20], 8));
         assert_eq!(v.verdict, Decision::Fail, "{}", v.summary());
     }
 
@@ -400,19 +391,20 @@ mod tests {
     fn interim_looks_judge_p95_only_beyond_its_margin_and_a_large_rise_only_after_enough_runs() {
         let base = || agg(&spread(40.0, 80.0, 100), 0);
         // Unchanged: passes at the first look.
-        let v = interim(base(), agg(&spread(40.0, 80.0, 20), 0));
+        let v = look_at(Look::Interim, base(), agg(&spread(40.0, 80.0, 20), 0));
         assert_eq!(reason(&v, "latency").decision, Decision::Pass, "{v:?}");
         // Doubled: fails at the first look.
-        let v = interim(base(), agg(&spread(80.0, 160.0, 20), 0));
+        let v = look_at(Look::Interim, base(), agg(&spread(80.0, 160.0, 20), 0));
         assert_eq!(v.verdict, Decision::Fail, "{}", v.summary());
         assert_eq!(reason(&v, "latency").decision, Decision::Fail);
         // +30% is within the 50% allowed, margin included, but past half of it: 20 runs are too
         // few to pass it, 40 are enough.
-        let v = interim(base(), agg(&spread(52.0, 104.0, 20), 0));
+        let v = look_at(Look::Interim, base(), agg(&spread(52.0, 104.0, 20), 0));
         let latency = reason(&v, "latency");
         assert_eq!(latency.decision, Decision::Inconclusive, "{v:?}");
         assert!(latency.message.contains("more runs needed"), "{v:?}");
-        let v = interim(
+        let v = look_at(
+            Look::Interim,
             base(),
             agg(&spread(52.0, 104.0, SETTLED_P95_RUNS as usize), 0),
         );
@@ -420,7 +412,7 @@ mod tests {
         // +60% with one slow run among 20: the margin reaches below the limit, so more runs.
         let mut slow = spread(64.0, 128.0, 19);
         slow.push(260.0);
-        let v = interim(base(), agg(&slow, 0));
+        let v = look_at(Look::Interim, base(), agg(&slow, 0));
         assert_eq!(
             reason(&v, "latency").decision,
             Decision::Inconclusive,
