@@ -3,90 +3,24 @@
 //!
 //! Per probe, [`History`] keeps the last `capacity` runs (the newest [`FULL_RESULTS`] as full
 //! results, older ones as compact records), the newest failure in full (even once it has left
-//! the recent list), and one set of latency windows for the whole probe plus one per step. A window is a ring of time slots (1m = 6 × 10 s, 5m = 5 × 1 min, 1h = 6 × 10 min): it
-//! covers the current, partial slot and the ones before it, so between 5/6 (4/5) of its length
-//! and all of it, never more. Runs count in the slot in which they *started*.
+//! the recent list), and the latency of the last hour's runs and steps ([`latency`]).
 //!
-//! Memory: slots exist only while they hold samples. A slot keeps raw samples (4 bytes each)
-//! until it holds [`DENSE_AT`] of them, then turns into an HDR histogram (2 significant digits,
-//! 100 µs units, `u16` counts: 0.5 KiB for values under 25 ms, 2 KiB up to 1 s, 3.3 KiB up to
-//! 30 s). Measured per series (the probe, or one step): about 1.6 KiB for a probe run every
-//! 30 s, 4 KiB every 5 s, 17 KiB every second. A full result costs about 1.2–2 KiB (a passing
-//! 2–3-step HTTP result, more with assertion text), which is why only the newest is kept: a
-//! compact record is ~56 bytes plus 12 per step, plus the failure text of runs that did not
-//! pass.
+//! Memory: a full result costs about 1.2–2 KiB (a passing 2–3-step HTTP result, more with
+//! assertion text), which is why only the newest is kept: a compact record is 40 bytes plus 8
+//! per step, plus the failure text of runs that did not pass. The latency windows cost 4 bytes
+//! per run plus 2 per step that ran, for the last hour's runs (at most 1,024 of them; a busier
+//! probe's older runs go into 10-minute histograms).
+
+mod latency;
 
 use std::collections::{HashMap, VecDeque};
-use std::num::NonZeroU16;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
-use hdrhistogram::Histogram;
+use latency::ProbeLatency;
 use patrol_probes::result::{AssertResult, Attempt, Outcome, ProbeResult, StepResult};
-use serde::Serialize;
 
-/// A sliding window for latency percentiles.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Window {
-    /// The last minute (6 slots of 10 s).
-    OneMinute,
-    /// The last five minutes (5 slots of 1 min).
-    FiveMinutes,
-    /// The last hour (6 slots of 10 min).
-    OneHour,
-}
-
-impl Window {
-    /// Every window, shortest first.
-    pub fn all() -> [Window; 3] {
-        [Window::OneMinute, Window::FiveMinutes, Window::OneHour]
-    }
-
-    /// The window's name in the API and on the status page: `1m`, `5m`, `1h`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Window::OneMinute => "1m",
-            Window::FiveMinutes => "5m",
-            Window::OneHour => "1h",
-        }
-    }
-
-    fn index(self) -> usize {
-        match self {
-            Window::OneMinute => 0,
-            Window::FiveMinutes => 1,
-            Window::OneHour => 2,
-        }
-    }
-
-    /// Slot length in milliseconds and number of slots.
-    fn slots(self) -> (i64, i64) {
-        match self {
-            Window::OneMinute => (10_000, 6),
-            Window::FiveMinutes => (60_000, 5),
-            Window::OneHour => (600_000, 6),
-        }
-    }
-
-    /// Start of the oldest slot that still counts at `now_ms`.
-    fn oldest_slot_start(self, now_ms: i64) -> i64 {
-        let (slot_ms, slots) = self.slots();
-        slot_start(now_ms, slot_ms) - (slots - 1) * slot_ms
-    }
-}
-
-/// Latency percentiles over a window, in seconds.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct Percentiles {
-    /// Number of samples in the window.
-    pub count: u64,
-    /// Median.
-    pub p50: f64,
-    /// 95th percentile.
-    pub p95: f64,
-    /// 99th percentile.
-    pub p99: f64,
-}
+pub use latency::{Percentiles, Window};
 
 /// How many of a probe's newest results are kept in full: only the newest. Older runs in the
 /// ring keep only a compact record (see [`History::recent`]). A full two-step HTTP result is
@@ -235,7 +169,7 @@ impl History {
     ) -> Option<Percentiles> {
         self.read()
             .get(probe)
-            .and_then(|h| h.latency.percentiles(window, now_ms))
+            .and_then(|h| h.latency.percentiles(None, window, now_ms))
     }
 
     /// Percentiles of one step's durations (the last attempt's; skipped steps excluded) over
@@ -252,12 +186,9 @@ impl History {
         window: Window,
         now_ms: i64,
     ) -> Option<Percentiles> {
-        self.read().get(probe).and_then(|h| {
-            h.step_latency
-                .iter()
-                .find(|(name, _)| **name == *step)
-                .and_then(|(_, windows)| windows.percentiles(window, now_ms))
-        })
+        self.read()
+            .get(probe)
+            .and_then(|h| h.latency.percentiles(Some(step), window, now_ms))
     }
 
     /// Forgets every probe not in `names` (probes removed by a config reload).
@@ -287,46 +218,22 @@ struct ProbeHistory {
     runs: VecDeque<RunRecord>,
     /// The steps of `runs`, flattened in the same order (`RunRecord::steps` each).
     steps: VecDeque<StepRecord>,
+    /// What some runs keep beyond their record ([`RunRecord::detailed`]), oldest first, each
+    /// with the run's sequence number.
+    details: VecDeque<(u64, Box<RunDetail>)>,
+    /// Runs recorded so far: the newest of `runs` has sequence number `recorded - 1`.
+    recorded: u64,
     /// Step names and probe types, which records refer to by index.
     words: Words,
     last_failure: Option<Arc<ProbeResult>>,
     failing_since: Option<i64>,
-    latency: LatencyWindows,
-    /// Per step, in first-seen order; a handful per probe, so a Vec beats a map.
-    step_latency: Vec<(Box<str>, LatencyWindows)>,
+    latency: ProbeLatency,
 }
 
 impl ProbeHistory {
     fn record(&mut self, result: Arc<ProbeResult>, capacity: usize, now_ms: i64) {
+        self.latency.record(&result, now_ms);
         let started = result.started_at_ms;
-        self.latency
-            .record(started, micros(result.duration), now_ms);
-        for step in &result.steps {
-            if step.result == Outcome::Skipped {
-                continue;
-            }
-            let duration = micros(step.duration);
-            match self
-                .step_latency
-                .iter_mut()
-                .find(|(name, _)| **name == *step.name)
-            {
-                Some((_, windows)) => windows.record(started, duration, now_ms),
-                None => {
-                    let mut windows = LatencyWindows::default();
-                    windows.record(started, duration, now_ms);
-                    // One at a time: a probe has a handful of steps.
-                    self.step_latency.reserve_exact(1);
-                    self.step_latency.push((step.name.as_str().into(), windows));
-                }
-            }
-        }
-        // Steps no longer run (renamed, or always skipped lately) go once their windows empty.
-        for (_, windows) in &mut self.step_latency {
-            windows.expire(now_ms);
-        }
-        self.step_latency.retain(|(_, windows)| !windows.is_empty());
-
         if result.result.is_pass() {
             self.failing_since = None;
         } else {
@@ -338,9 +245,16 @@ impl ProbeHistory {
             && let Some(oldest) = self.runs.pop_front()
         {
             self.steps.drain(..usize::from(oldest.steps));
+            if oldest.detailed {
+                self.details.pop_front();
+            }
         }
         self.words.make_room(&mut self.runs, &mut self.steps);
-        let record = RunRecord::new(&result, &mut self.words, &mut self.steps);
+        let (record, detail) = RunRecord::new(&result, &mut self.words, &mut self.steps);
+        if let Some(detail) = detail {
+            push_frugal(&mut self.details, (self.recorded, detail));
+        }
+        self.recorded += 1;
         push_bounded(&mut self.runs, record, capacity);
         if self.full.len() >= FULL_RESULTS.min(capacity) {
             self.full.pop_front();
@@ -361,16 +275,27 @@ impl ProbeHistory {
             .map(|r| usize::from(r.steps))
             .sum();
         let mut end = self.steps.len() - full_steps;
-        for run in self.runs.iter().rev().skip(self.full.len()) {
+        let newest = self.recorded.saturating_sub(1);
+        for (age, run) in self.runs.iter().rev().enumerate().skip(self.full.len()) {
             if out.len() >= limit {
                 break;
             }
             let start = end - usize::from(run.steps);
             let steps = self.steps.range(start..end);
-            out.push(Arc::new(run.expand(probe, steps, &self.words)));
+            let detail = self.detail(run, newest - age as u64);
+            out.push(Arc::new(run.expand(probe, steps, detail, &self.words)));
             end = start;
         }
         out
+    }
+
+    /// The detail of the run with sequence number `sequence`, if it has one.
+    fn detail(&self, run: &RunRecord, sequence: u64) -> Option<&RunDetail> {
+        if !run.detailed {
+            return None;
+        }
+        let at = self.details.binary_search_by_key(&sequence, |(s, _)| *s);
+        at.ok().map(|i| &*self.details[i].1)
     }
 }
 
@@ -400,11 +325,22 @@ fn push_bounded<T>(ring: &mut VecDeque<T>, value: T, capacity: usize) {
     ring.push_back(value);
 }
 
-/// A run as kept once it is no longer among the [`FULL_RESULTS`] newest: ~56 bytes, plus 12
-/// per step, plus the failure text of runs that did not pass.
+/// Appends to a ring whose length hovers around a steady size, growing its buffer by an eighth
+/// rather than doubling it.
+fn push_frugal<T>(ring: &mut VecDeque<T>, value: T) {
+    if ring.len() == ring.capacity() {
+        ring.reserve_exact((ring.len() / 8).max(4));
+    }
+    ring.push_back(value);
+}
+
+/// A run as kept once it is no longer among the [`FULL_RESULTS`] newest: 40 bytes, plus 8 per
+/// step, plus a [`RunDetail`] for runs that did not pass at once.
 struct RunRecord {
     started_at_ms: i64,
-    id: RunId,
+    /// The engine's ids are 32-digit hex UUIDs, kept as their 16 bytes; any other id is kept as
+    /// text in the run's detail.
+    id: uuid::Uuid,
     duration_us: u32,
     attempts: u16,
     /// Index of the probe type in [`Words`].
@@ -413,46 +349,56 @@ struct RunRecord {
     steps: u16,
     result: Outcome,
     first_attempt: Outcome,
-    /// Error texts, failing assertions and artifacts, for runs that did not pass.
-    failure: Option<Box<FailureDetail>>,
-}
-
-/// A run's id: the engine makes 32-digit hex UUIDs, kept as their 16 bytes; anything else is
-/// kept as text.
-enum RunId {
-    Uuid(uuid::Uuid),
-    Text(Box<str>),
-}
-
-impl RunId {
-    fn new(id: &str) -> RunId {
-        match uuid::Uuid::try_parse(id) {
-            Ok(u) if u.simple().to_string() == id => RunId::Uuid(u),
-            _ => RunId::Text(id.into()),
-        }
-    }
-}
-
-impl std::fmt::Display for RunId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            RunId::Uuid(u) => write!(f, "{}", u.simple()),
-            RunId::Text(t) => f.write_str(t),
-        }
-    }
+    /// Whether `ProbeHistory::details` holds a [`RunDetail`] for this run.
+    detailed: bool,
 }
 
 /// One step of a [`RunRecord`].
 struct StepRecord {
     duration_us: u32,
-    status: Option<NonZeroU16>,
     /// Index of the step name in [`Words`].
     name: u16,
-    result: Outcome,
+    /// The HTTP status (0: none; above 8,191 kept as 8,191) and the outcome, as
+    /// `status << 3 | outcome`.
+    status_and_result: u16,
 }
 
-/// What a run that did not pass keeps beyond its record.
-struct FailureDetail {
+impl StepRecord {
+    fn new(step: &StepResult, name: u16) -> StepRecord {
+        let status = step.status.unwrap_or(0).min(MAX_STATUS);
+        let result = OUTCOMES.iter().position(|o| *o == step.result).unwrap_or(0);
+        StepRecord {
+            duration_us: micros(step.duration),
+            name,
+            // `result` < 8: the cast cannot truncate.
+            status_and_result: status << 3 | result as u16,
+        }
+    }
+
+    fn status(&self) -> Option<u16> {
+        Some(self.status_and_result >> 3).filter(|&s| s != 0)
+    }
+
+    fn result(&self) -> Outcome {
+        OUTCOMES[usize::from(self.status_and_result & 7) % OUTCOMES.len()]
+    }
+}
+
+/// The largest status a [`StepRecord`] holds: 13 bits.
+const MAX_STATUS: u16 = (1 << 13) - 1;
+/// Outcomes by their 3-bit code in a [`StepRecord`].
+const OUTCOMES: [Outcome; 5] = [
+    Outcome::Pass,
+    Outcome::Fail,
+    Outcome::Error,
+    Outcome::Timeout,
+    Outcome::Skipped,
+];
+
+/// What a run that did not pass at once (or whose id is not a UUID) keeps beyond its record.
+struct RunDetail {
+    /// The run's id, when it is not a 32-digit hex UUID.
+    id: Option<Box<str>>,
     error: Option<Box<str>>,
     /// Only the steps with something to say.
     steps: Vec<StepFailure>,
@@ -478,52 +424,58 @@ struct StepFailure {
 }
 
 impl RunRecord {
-    fn new(result: &ProbeResult, words: &mut Words, steps: &mut VecDeque<StepRecord>) -> RunRecord {
+    /// The record of `result`, its steps appended to `steps`, and its detail if it needs one.
+    fn new(
+        result: &ProbeResult,
+        words: &mut Words,
+        steps: &mut VecDeque<StepRecord>,
+    ) -> (RunRecord, Option<Box<RunDetail>>) {
         // A record counts its steps in a u16; a (hypothetical) longer probe keeps the first ones.
         for step in result.steps.iter().take(usize::from(u16::MAX)) {
-            steps.push_back(StepRecord {
-                duration_us: micros(step.duration),
-                status: step.status.and_then(NonZeroU16::new),
-                name: words.index(&step.name),
-                result: step.result,
+            push_frugal(steps, StepRecord::new(step, words.index(&step.name)));
+        }
+        let uuid = match uuid::Uuid::try_parse(&result.id) {
+            Ok(u) if u.simple().to_string() == result.id => Some(u),
+            _ => None,
+        };
+        let mut detail = RunDetail {
+            id: uuid.is_none().then(|| result.id.as_str().into()),
+            error: None,
+            steps: Vec::new(),
+            first_attempt: None,
+        };
+        if !result.result.is_pass() {
+            detail.error = result.error.as_deref().map(Box::from);
+            detail.steps = step_failures(&result.steps)
+                .map(|(_, failure)| failure)
+                .collect();
+        } else if !result.first_attempt.is_pass() {
+            detail.first_attempt = result.retried.first().map(|attempt| {
+                Box::new(AttemptFailure {
+                    result: attempt.result,
+                    duration_us: micros(attempt.duration),
+                    steps: step_failures(&attempt.steps)
+                        .map(|(s, failure)| (s.name.as_str().into(), s.result, failure))
+                        .collect(),
+                })
             });
         }
-        let failure = if !result.result.is_pass() {
-            Some(Box::new(FailureDetail {
-                error: result.error.as_deref().map(Box::from),
-                steps: step_failures(&result.steps)
-                    .map(|(_, failure)| failure)
-                    .collect(),
-                first_attempt: None,
-            }))
-        } else if !result.first_attempt.is_pass() {
-            result.retried.first().map(|attempt| {
-                Box::new(FailureDetail {
-                    error: None,
-                    steps: Vec::new(),
-                    first_attempt: Some(Box::new(AttemptFailure {
-                        result: attempt.result,
-                        duration_us: micros(attempt.duration),
-                        steps: step_failures(&attempt.steps)
-                            .map(|(s, failure)| (s.name.as_str().into(), s.result, failure))
-                            .collect(),
-                    })),
-                })
-            })
-        } else {
-            None
-        };
-        RunRecord {
+        let detailed = detail.id.is_some()
+            || detail.error.is_some()
+            || !detail.steps.is_empty()
+            || detail.first_attempt.is_some();
+        let record = RunRecord {
             started_at_ms: result.started_at_ms,
-            id: RunId::new(&result.id),
+            id: uuid.unwrap_or_default(),
             duration_us: micros(result.duration),
             attempts: u16::try_from(result.attempts).unwrap_or(u16::MAX),
             kind: words.index(&result.kind),
             steps: u16::try_from(result.steps.len()).unwrap_or(u16::MAX),
             result: result.result,
             first_attempt: result.first_attempt,
-            failure,
-        }
+            detailed,
+        };
+        (record, detailed.then(|| Box::new(detail)))
     }
 
     fn summary(&self) -> RunSummary {
@@ -539,17 +491,18 @@ impl RunRecord {
         &self,
         probe: &str,
         steps: impl Iterator<Item = &'a StepRecord>,
+        detail: Option<&RunDetail>,
         words: &Words,
     ) -> ProbeResult {
         let mut steps: Vec<StepResult> = steps
             .map(|s| StepResult {
-                result: s.result,
+                result: s.result(),
                 duration: Duration::from_micros(u64::from(s.duration_us)),
-                status: s.status.map(NonZeroU16::get),
+                status: s.status(),
                 ..StepResult::skipped(words.get(s.name))
             })
             .collect();
-        if let Some(failure) = &self.failure {
+        if let Some(failure) = detail {
             for f in &failure.steps {
                 if let Some(step) = steps.get_mut(usize::from(f.step)) {
                     step.error = f.error.as_deref().map(String::from);
@@ -559,7 +512,10 @@ impl RunRecord {
             }
         }
         ProbeResult {
-            id: self.id.to_string(),
+            id: match detail.and_then(|d| d.id.as_deref()) {
+                Some(text) => text.to_string(),
+                None => self.id.simple().to_string(),
+            },
             name: probe.to_string(),
             kind: words.get(self.kind).to_string(),
             result: self.result,
@@ -568,9 +524,7 @@ impl RunRecord {
             first_attempt: self.first_attempt,
             started_at_ms: self.started_at_ms,
             steps,
-            retried: self
-                .failure
-                .as_ref()
+            retried: detail
                 .and_then(|f| f.first_attempt.as_ref())
                 .map(|a| {
                     vec![Attempt {
@@ -590,10 +544,7 @@ impl RunRecord {
                     }]
                 })
                 .unwrap_or_default(),
-            error: self
-                .failure
-                .as_ref()
-                .and_then(|f| f.error.as_deref().map(String::from)),
+            error: detail.and_then(|f| f.error.as_deref().map(String::from)),
         }
     }
 }
@@ -685,174 +636,8 @@ impl Words {
         steps.iter_mut().for_each(|s| renumber(&mut s.name));
     }
 }
-/// One series' rings, indexed by [`Window::index`].
-#[derive(Default)]
-struct LatencyWindows {
-    rings: [Ring; 3],
-}
-
-impl LatencyWindows {
-    fn record(&mut self, started_ms: i64, micros: u32, now_ms: i64) {
-        for window in Window::all() {
-            self.rings[window.index()].record(window, started_ms, micros, now_ms);
-        }
-    }
-
-    fn expire(&mut self, now_ms: i64) {
-        for window in Window::all() {
-            self.rings[window.index()].expire(window.oldest_slot_start(now_ms));
-        }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.rings.iter().all(|r| r.slots.is_empty())
-    }
-
-    fn percentiles(&self, window: Window, now_ms: i64) -> Option<Percentiles> {
-        let oldest = window.oldest_slot_start(now_ms);
-        let mut merged =
-            Histogram::<u64>::new(SIGNIFICANT_DIGITS).expect("2 significant digits are valid");
-        for slot in self.rings[window.index()]
-            .slots
-            .iter()
-            .filter(|s| s.start_ms >= oldest)
-        {
-            slot.samples.add_to(&mut merged);
-        }
-        if merged.is_empty() {
-            return None;
-        }
-        let seconds = |q: f64| merged.value_at_quantile(q) as f64 * UNIT_SECONDS;
-        Some(Percentiles {
-            count: merged.len(),
-            p50: seconds(0.50),
-            p95: seconds(0.95),
-            p99: seconds(0.99),
-        })
-    }
-}
-
-/// The slots of one window that hold samples, oldest first.
-#[derive(Default)]
-struct Ring {
-    slots: VecDeque<Slot>,
-}
-
-impl Ring {
-    fn record(&mut self, window: Window, started_ms: i64, micros: u32, now_ms: i64) {
-        let oldest = window.oldest_slot_start(now_ms);
-        self.expire(oldest);
-        let start_ms = slot_start(started_ms, window.slots().0);
-        if start_ms < oldest {
-            // The run started before this window: it counts only in longer ones.
-            return;
-        }
-        // Runs usually finish in start order, so the slot is nearly always the last one.
-        let position = self.slots.iter().rposition(|s| s.start_ms <= start_ms);
-        match position {
-            Some(i) if self.slots[i].start_ms == start_ms => self.slots[i].samples.record(micros),
-            _ => {
-                let at = position.map_or(0, |i| i + 1);
-                self.slots.insert(
-                    at,
-                    Slot {
-                        start_ms,
-                        samples: Samples::Sparse(vec![micros]),
-                    },
-                );
-            }
-        }
-    }
-
-    fn expire(&mut self, oldest_start_ms: i64) {
-        while self
-            .slots
-            .front()
-            .is_some_and(|s| s.start_ms < oldest_start_ms)
-        {
-            self.slots.pop_front();
-        }
-    }
-}
-
-/// One time slot of a ring.
-struct Slot {
-    start_ms: i64,
-    samples: Samples,
-}
-
-/// Latency samples of one slot.
-enum Samples {
-    /// Raw durations in microseconds, while there are fewer than [`DENSE_AT`].
-    Sparse(Vec<u32>),
-    /// Durations in [`UNIT_SECONDS`] units once the slot is busy.
-    Dense(Box<Histogram<u16>>),
-}
-
-/// Samples per slot at which raw samples turn into a histogram: 256 × 4 bytes is about the size
-/// of a histogram of 25 ms–1 s values (0.5 KiB below 25 ms, 3.3 KiB up to 30 s).
-const DENSE_AT: usize = 256;
-/// HDR precision: values are kept to within 1%.
-const SIGNIFICANT_DIGITS: u8 = 2;
-/// Histogram unit: 100 µs, so values below 25.6 ms are exact to the unit and the counts array
-/// stays short (it grows with the largest value seen).
-const UNIT_MICROS: u32 = 100;
-const UNIT_SECONDS: f64 = UNIT_MICROS as f64 / 1_000_000.0;
-
-impl Samples {
-    fn record(&mut self, micros: u32) {
-        match self {
-            Samples::Sparse(values) if values.len() + 1 < DENSE_AT => values.push(micros),
-            Samples::Sparse(values) => {
-                let mut hist = Histogram::<u16>::new(SIGNIFICANT_DIGITS)
-                    .expect("2 significant digits are valid");
-                for &v in values.iter().chain(std::iter::once(&micros)) {
-                    record_n(&mut hist, units(v), 1);
-                }
-                *self = Samples::Dense(Box::new(hist));
-            }
-            Samples::Dense(hist) => record_n(hist, units(micros), 1),
-        }
-    }
-
-    fn add_to(&self, merged: &mut Histogram<u64>) {
-        match self {
-            Samples::Sparse(values) => {
-                for &v in values {
-                    record_n(merged, units(v), 1);
-                }
-            }
-            Samples::Dense(hist) => {
-                for bucket in hist.iter_recorded() {
-                    record_n(
-                        merged,
-                        bucket.value_iterated_to(),
-                        u64::from(bucket.count_at_value()),
-                    );
-                }
-            }
-        }
-    }
-}
-
-/// Records into an auto-resizing histogram, which only refuses values near `u64::MAX`; such a
-/// value (impossible here: durations are `u32` microseconds) is clamped rather than lost.
-fn record_n<T: hdrhistogram::Counter>(hist: &mut Histogram<T>, value: u64, count: T) {
-    if hist.record_n(value, count).is_err() {
-        hist.saturating_record_n(value, count);
-    }
-}
-
-fn units(micros: u32) -> u64 {
-    u64::from(micros.saturating_add(UNIT_MICROS / 2) / UNIT_MICROS)
-}
-
 fn micros(d: std::time::Duration) -> u32 {
     u32::try_from(d.as_micros()).unwrap_or(u32::MAX)
-}
-
-fn slot_start(ms: i64, slot_ms: i64) -> i64 {
-    ms.div_euclid(slot_ms) * slot_ms
 }
 
 fn now_ms() -> i64 {
@@ -1009,13 +794,15 @@ mod tests {
         );
         assert_eq!(h.percentiles_at("unknown", Window::OneHour, now), None);
 
-        // Past DENSE_AT samples, slots are histograms: the same distribution, same answers.
-        for _ in 0..2 {
+        // Past latency::ROWS runs, the oldest go into histograms: the same distribution, the
+        // same answers.
+        let rounds = latency::ROWS / 100 + 2;
+        for _ in 1..rounds {
             for ms in 1..=100u64 {
                 h.record_at(result("p", Outcome::Pass, T0 - 1_000, ms), now);
             }
         }
-        check(300);
+        check(100 * rounds as u64);
     }
 
     #[test]
@@ -1053,9 +840,13 @@ mod tests {
         let one_minute = h.percentiles_at("p", Window::OneMinute, now);
         assert_close(one_minute.map_or(0.0, |p| p.p99), 0.1);
 
-        // Nothing is older than its window, at any slot alignment.
-        let later = T0 + 61_000;
-        assert_eq!(h.percentiles_at("p", Window::OneMinute, later), None);
+        // A window is exactly its length: a run leaves it the second it is that old.
+        assert_eq!(
+            h.percentiles_at("p", Window::OneMinute, T0 + 59_999)
+                .map(|p| p.count),
+            Some(1)
+        );
+        assert_eq!(h.percentiles_at("p", Window::OneMinute, T0 + 60_000), None);
         assert_eq!(
             h.percentiles_at("p", Window::FiveMinutes, T0 + 181_000)
                 .map(|p| p.count),
@@ -1065,13 +856,18 @@ mod tests {
             h.percentiles_at("p", Window::FiveMinutes, T0 + 301_000),
             None
         );
-        // Both runs share a 10-minute slot, which leaves the hour as one.
+        // The hour ends for each run on its own.
         assert_eq!(
-            h.percentiles_at("p", Window::OneHour, T0 + 3_000_000)
+            h.percentiles_at("p", Window::OneHour, T0 + 3_479_000)
                 .map(|p| p.count),
             Some(2)
         );
-        assert_eq!(h.percentiles_at("p", Window::OneHour, T0 + 3_601_000), None);
+        assert_eq!(
+            h.percentiles_at("p", Window::OneHour, T0 + 3_480_000)
+                .map(|p| p.count),
+            Some(1)
+        );
+        assert_eq!(h.percentiles_at("p", Window::OneHour, T0 + 3_600_000), None);
 
         // A run that started before the window but finished inside it counts only in longer
         // windows.
@@ -1094,7 +890,7 @@ mod tests {
         h.record_at(result("p", Outcome::Pass, T0 + 25_000, 20), T0 + 30_001);
         let p = h.percentiles_at("p", Window::OneMinute, T0 + 30_001);
         assert_eq!(p.map(|p| p.count), Some(3));
-        // Only the slot of T0 has expired a minute later.
+        // Only the run of T0 has left the minute a minute later.
         let p = h.percentiles_at("p", Window::OneMinute, T0 + 60_000);
         assert_eq!(p.map(|p| p.count), Some(2));
     }
@@ -1109,8 +905,7 @@ mod tests {
         renamed.started_at_ms = later;
         h.record_at(Arc::new(renamed), later);
         let probes = h.read();
-        let steps: Vec<&str> = probes["p"].step_latency.iter().map(|(n, _)| &**n).collect();
-        assert_eq!(steps, ["sign_in"]);
+        assert_eq!(probes["p"].latency.step_names(), ["sign_in"]);
     }
 
     #[test]
@@ -1343,10 +1138,33 @@ mod tests {
     }
 
     #[test]
+    fn ids_that_are_not_uuids_and_rare_statuses_survive_compaction() {
+        let h = History::new(5);
+        for i in 0..20 {
+            let mut r = (*result("p", Outcome::Pass, T0 + i, 10)).clone();
+            r.id = format!("run-{i}");
+            r.steps[0].status = Some(if i % 2 == 0 { 299 } else { 40_000 });
+            r.steps[1].result = Outcome::Timeout;
+            h.record_at(Arc::new(r), T0 + i);
+        }
+        let runs = h.recent("p", 10);
+        let ids: Vec<&str> = runs.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["run-19", "run-18", "run-17", "run-16", "run-15"]);
+        let statuses: Vec<Option<u16>> = runs.iter().map(|r| r.steps[0].status).collect();
+        // The newest is kept in full; in a compact record, a status beyond 13 bits is kept as
+        // the largest that fits.
+        let expected = [40_000, 299, MAX_STATUS, 299, MAX_STATUS].map(Some);
+        assert_eq!(statuses, expected);
+        assert!(runs.iter().all(|r| r.steps[1].result == Outcome::Timeout));
+        // Details leave with their runs.
+        assert_eq!(h.read()["p"].details.len(), 5);
+    }
+
+    #[test]
     fn compact_records_stay_compact() {
         // The sizes the module docs and BENCHMARKS.md §4 count on.
-        assert!(std::mem::size_of::<RunRecord>() <= 56);
-        assert!(std::mem::size_of::<StepRecord>() <= 12);
+        assert!(std::mem::size_of::<RunRecord>() <= 40);
+        assert!(std::mem::size_of::<StepRecord>() <= 8);
     }
 
     #[test]
