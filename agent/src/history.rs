@@ -6,7 +6,7 @@
 //! the recent list), and the latency of the last hour's runs and steps ([`latency`]).
 //!
 //! Memory: a full result costs about 1.2–2 KiB (a passing 2–3-step HTTP result, more with
-//! assertion text), which is why only the newest is kept: a compact record is 40 bytes plus 8
+//! assertion text), which is why only the newest is kept: a compact record is 32 bytes plus 8
 //! per step, plus the failure text of runs that did not pass. The latency windows cost 4 bytes
 //! per run plus 2 per step that ran, for the last hour's runs (at most 1,024 of them; a busier
 //! probe's older runs go into 10-minute histograms).
@@ -334,13 +334,14 @@ fn push_frugal<T>(ring: &mut VecDeque<T>, value: T) {
     ring.push_back(value);
 }
 
-/// A run as kept once it is no longer among the [`FULL_RESULTS`] newest: 40 bytes, plus 8 per
+/// A run as kept once it is no longer among the [`FULL_RESULTS`] newest: 32 bytes, plus 8 per
 /// step, plus a [`RunDetail`] for runs that did not pass at once.
 struct RunRecord {
     started_at_ms: i64,
-    /// The engine's ids are 32-digit hex UUIDs, kept as their 16 bytes; any other id is kept as
-    /// text in the run's detail.
-    id: uuid::Uuid,
+    /// The engine's ids are UUIDv7s whose first 6 bytes are `started_at_ms`
+    /// ([`patrol_probes::run::run_id`]): the other 10 are kept here. Any other id is kept as text
+    /// in the run's detail.
+    id_tail: [u8; 10],
     duration_us: u32,
     attempts: u16,
     /// Index of the probe type in [`Words`].
@@ -384,6 +385,12 @@ impl StepRecord {
     }
 }
 
+/// The first 6 bytes of a UUIDv7 made at `ms`: the unix milliseconds, 48 bits big-endian.
+fn start_bytes(ms: i64) -> [u8; 6] {
+    let [_, _, head @ ..] = ms.to_be_bytes();
+    head
+}
+
 /// The largest status a [`StepRecord`] holds: 13 bits.
 const MAX_STATUS: u16 = (1 << 13) - 1;
 /// Outcomes by their 3-bit code in a [`StepRecord`].
@@ -395,9 +402,10 @@ const OUTCOMES: [Outcome; 5] = [
     Outcome::Skipped,
 ];
 
-/// What a run that did not pass at once (or whose id is not a UUID) keeps beyond its record.
+/// What a run that did not pass at once (or whose id is not the engine's) keeps beyond its
+/// record.
 struct RunDetail {
-    /// The run's id, when it is not a 32-digit hex UUID.
+    /// The run's id, when it is not a UUIDv7 of the run's start in 32 hex digits.
     id: Option<Box<str>>,
     error: Option<Box<str>>,
     /// Only the steps with something to say.
@@ -434,12 +442,15 @@ impl RunRecord {
         for step in result.steps.iter().take(usize::from(u16::MAX)) {
             push_frugal(steps, StepRecord::new(step, words.index(&step.name)));
         }
-        let uuid = match uuid::Uuid::try_parse(&result.id) {
-            Ok(u) if u.simple().to_string() == result.id => Some(u),
-            _ => None,
-        };
+        let id_tail = uuid::Uuid::try_parse(&result.id)
+            .ok()
+            .filter(|u| u.simple().to_string() == result.id)
+            .and_then(|u| {
+                let (head, tail) = u.as_bytes().split_at(6);
+                (head == start_bytes(result.started_at_ms)).then(|| tail.try_into().ok())?
+            });
         let mut detail = RunDetail {
-            id: uuid.is_none().then(|| result.id.as_str().into()),
+            id: id_tail.is_none().then(|| result.id.as_str().into()),
             error: None,
             steps: Vec::new(),
             first_attempt: None,
@@ -466,7 +477,7 @@ impl RunRecord {
             || detail.first_attempt.is_some();
         let record = RunRecord {
             started_at_ms: result.started_at_ms,
-            id: uuid.unwrap_or_default(),
+            id_tail: id_tail.unwrap_or_default(),
             duration_us: micros(result.duration),
             attempts: u16::try_from(result.attempts).unwrap_or(u16::MAX),
             kind: words.index(&result.kind),
@@ -476,6 +487,14 @@ impl RunRecord {
             detailed,
         };
         (record, detailed.then(|| Box::new(detail)))
+    }
+
+    /// The run's UUIDv7: its start, then the kept tail.
+    fn id(&self) -> uuid::Uuid {
+        let mut bytes = [0u8; 16];
+        bytes[..6].copy_from_slice(&start_bytes(self.started_at_ms));
+        bytes[6..].copy_from_slice(&self.id_tail);
+        uuid::Uuid::from_bytes(bytes)
     }
 
     fn summary(&self) -> RunSummary {
@@ -514,7 +533,7 @@ impl RunRecord {
         ProbeResult {
             id: match detail.and_then(|d| d.id.as_deref()) {
                 Some(text) => text.to_string(),
-                None => self.id.simple().to_string(),
+                None => self.id().simple().to_string(),
             },
             name: probe.to_string(),
             kind: words.get(self.kind).to_string(),
@@ -952,7 +971,7 @@ mod tests {
             second.error = Some("status was 503".to_string());
         }
         Arc::new(ProbeResult {
-            id: uuid::Uuid::new_v4().simple().to_string(),
+            id: patrol_probes::run::run_id(T0 + i),
             name: "p".to_string(),
             kind: "http".to_string(),
             result: outcome,
@@ -1103,6 +1122,8 @@ mod tests {
         assert_eq!(summaries.len(), 100);
         assert_eq!(summaries.iter().filter(|r| !r.result.is_pass()).count(), 10);
         assert_eq!(summaries[0].duration, Duration::from_micros(5_149));
+        // Only the runs that failed needed a detail: the engine's ids fit the record.
+        assert_eq!(h.read()["p"].details.len(), 10);
     }
 
     #[test]
@@ -1163,7 +1184,7 @@ mod tests {
     #[test]
     fn compact_records_stay_compact() {
         // The sizes the module docs and BENCHMARKS.md §4 count on.
-        assert!(std::mem::size_of::<RunRecord>() <= 40);
+        assert!(std::mem::size_of::<RunRecord>() <= 32);
         assert!(std::mem::size_of::<StepRecord>() <= 8);
     }
 

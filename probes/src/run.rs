@@ -61,7 +61,7 @@ impl Runtime {
 pub async fn run_probe(spec: &ProbeSpec, runtime: &Runtime) -> ProbeResult {
     let started = Instant::now();
     let started_at_ms = unix_ms();
-    let id = uuid::Uuid::new_v4().simple().to_string();
+    let id = run_id(started_at_ms);
     let mut retried = Vec::new();
     let mut attempt_no = 0;
     loop {
@@ -203,6 +203,17 @@ async fn run_attempt(
     }
 }
 
+/// A run's id: a UUIDv7 (32 hex digits) whose timestamp is the run's start, so ids (and the
+/// artifact folders named after them) sort by start time, and a history can keep the 10 bytes
+/// the start does not already say.
+pub fn run_id(started_at_ms: i64) -> String {
+    let ms = u64::try_from(started_at_ms).unwrap_or(0);
+    // `ms % 1000` < 1000: the nanoseconds fit a u32.
+    let nanos = (ms % 1000) as u32 * 1_000_000;
+    let timestamp = uuid::Timestamp::from_unix(uuid::NoContext, ms / 1000, nanos);
+    uuid::Uuid::new_v7(timestamp).simple().to_string()
+}
+
 fn unix_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -226,15 +237,16 @@ fn browser_unavailable(spec: &ProbeSpec) -> Vec<StepResult> {
 /// The result of a run that never produced one of its own (cancelled, crashed, aborted): an
 /// error, never a pass, with every step skipped.
 pub fn unfinished(spec: &ProbeSpec, why: &str) -> ProbeResult {
+    let started_at_ms = unix_ms();
     ProbeResult {
-        id: uuid::Uuid::new_v4().simple().to_string(),
+        id: run_id(started_at_ms),
         name: spec.name.clone(),
         kind: spec.type_name().to_string(),
         result: Outcome::Error,
         duration: Duration::ZERO,
         attempts: 1,
         first_attempt: Outcome::Error,
-        started_at_ms: unix_ms(),
+        started_at_ms,
         steps: spec
             .step_names()
             .into_iter()
@@ -242,5 +254,27 @@ pub fn unfinished(spec: &ProbeSpec, why: &str) -> ProbeResult {
             .collect(),
         retried: Vec::new(),
         error: Some(why.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_ids_carry_their_start_and_sort_by_it() {
+        let starts = [1_700_000_000_000i64, 1_700_000_000_001, 1_700_000_060_000];
+        let ids: Vec<String> = starts.iter().map(|&ms| run_id(ms)).collect();
+        for (id, &ms) in ids.iter().zip(&starts) {
+            assert_eq!(id.len(), 32, "{id}");
+            let uuid = uuid::Uuid::try_parse(id).unwrap_or_default();
+            assert_eq!(uuid.get_version_num(), 7, "{id}");
+            let (secs, nanos) = uuid.get_timestamp().map_or((0, 0), |t| t.to_unix());
+            assert_eq!(secs * 1000 + u64::from(nanos) / 1_000_000, ms as u64);
+        }
+        let mut sorted = ids.clone();
+        sorted.sort();
+        assert_eq!(sorted, ids);
+        assert_ne!(run_id(starts[0]), run_id(starts[0]));
     }
 }
