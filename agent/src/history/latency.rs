@@ -131,9 +131,8 @@ impl ProbeLatency {
         self.newest_s = self.newest_s.max(start_s);
         let width = self.width();
         if self.rows.len() + width > self.rows.capacity() {
-            // Grow by an eighth, not double: a probe's rows hover around one hour's worth.
-            self.rows
-                .reserve_exact((self.rows.len() / 8).max(16 * width));
+            let more = self.rows_per_hour().saturating_sub(self.row_count()).max(8);
+            self.rows.reserve_exact(more * width);
         }
         let at = self.rows.len();
         self.rows.push_back(wrap(start_s));
@@ -198,6 +197,24 @@ impl ProbeLatency {
     #[cfg(test)]
     pub(super) fn step_names(&self) -> Vec<&str> {
         self.steps.iter().map(|s| &**s).collect()
+    }
+
+    /// How many rows an hour of this probe's runs takes, from the pace of the rows so far, plus
+    /// an eighth: the rows grow to that in one step rather than doubling (each step leaves the
+    /// old buffer behind as a hole in the heap, which a larger buffer cannot reuse).
+    fn rows_per_hour(&self) -> usize {
+        let rows = self.row_count();
+        if rows < 4 {
+            return 8;
+        }
+        let span_s = self.newest_s - self.start_of(0).min(self.newest_s);
+        if span_s <= 0 {
+            return 8;
+        }
+        // rows - 1 intervals in span_s seconds.
+        let per_hour = (rows as i64 - 1) * HOUR_S / span_s;
+        let per_hour = usize::try_from(per_hour).unwrap_or(ROWS);
+        (per_hour + per_hour / 8 + 4).min(ROWS)
     }
 
     /// Codes per row.
@@ -529,14 +546,12 @@ mod tests {
             let started = T0 + i * 10_000;
             l.record(&run(started, 10, &["a", "b"]), started);
         }
-        // A two-step probe every 10 s: an hour is 360 rows of 4 codes, and the buffer grows by
-        // an eighth at a time.
+        // A two-step probe every 10 s: an hour is 360 rows of 4 codes.
         assert_eq!(l.rows.len(), 360 * 4);
-        assert!(
-            l.rows.capacity() <= 360 * 4 * 9 / 8 + 64,
-            "{}",
-            l.rows.capacity()
-        );
+        // The buffer grew to an hour's worth and an eighth from the pace of its first rows, and
+        // no further.
+        let rows = l.rows.capacity() / 4;
+        assert!((360..=360 * 9 / 8 + 8).contains(&rows), "{rows}");
         assert!(l.overflow.is_empty());
     }
 }
