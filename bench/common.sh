@@ -141,16 +141,18 @@ YML
 
 # Writes a Patrol config of N probes named p0001… to FILE: each runs STEPS GETs of URL on
 # `every: EVERY` (EVERY "none": no schedule, on demand only). MAX_CONCURRENCY=N sets
-# agent.max_concurrency (default: the agent's, 32).
+# agent.max_concurrency (default: the agent's, 32), HISTORY=N agent.history (default 100).
 # Usage: probes_config FILE N EVERY STEPS URL
 probes_config() {
   local file=$1 n=$2 every=$3 steps=$4 url=$5
-  python3 - "$file" "$n" "$every" "$steps" "$url" "${MAX_CONCURRENCY:-}" << 'PY'
+  python3 - "$file" "$n" "$every" "$steps" "$url" "${MAX_CONCURRENCY:-}" "${HISTORY:-}" << 'PY'
 import sys
 file, n, every, steps, url = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5]
 with open(file, "w") as f:
-    if sys.argv[6]:
-        f.write(f"agent:\n  max_concurrency: {int(sys.argv[6])}\n")
+    agent = [f"  max_concurrency: {int(v)}\n" for v in sys.argv[6:7] if v]
+    agent += [f"  history: {int(v)}\n" for v in sys.argv[7:8] if v]
+    if agent:
+        f.write("agent:\n" + "".join(agent))
     f.write("probes:\n")
     for i in range(1, n + 1):
         f.write(f"  - name: p{i:04d}\n")

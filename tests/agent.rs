@@ -1208,6 +1208,41 @@ async fn the_runs_endpoint_keeps_100_runs_in_the_report_schema_and_old_failures_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_history_sets_the_runs_kept_per_probe() {
+    let shop = shop().await;
+    let scratch = Scratch::new();
+    let probes = r#"
+  - name: kept
+    steps:
+      - request: { url: "{{ api }}/api/products" }
+"#;
+    let config = config(&shop, "  history: 3\n", probes);
+    let agent = agent(&scratch, &config).start().await;
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let id = agent.start_run(r#"{"probes":["kept"]}"#, None).await;
+        let record = agent.finished_run(&id).await;
+        ids.push(
+            record["probes"][0]["id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        );
+    }
+    let runs = agent
+        .get("/api/v1/probes/kept/runs?limit=100")
+        .await
+        .assert_status(200)
+        .json()["runs"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let kept: Vec<&str> = runs.iter().filter_map(|r| r["id"].as_str()).collect();
+    let newest: Vec<&str> = ids.iter().rev().take(3).map(String::as_str).collect();
+    assert_eq!(kept, newest);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runs_waiting_for_a_slot_show_in_the_queue_wait_histogram() {
     let shop = shop().await;
     shop.faults().set(Fault {

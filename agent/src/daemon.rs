@@ -247,6 +247,13 @@ fn keep_startup_settings(next: &mut Config, running: &Config) -> Vec<String> {
         ));
         next.agent.max_concurrency = running.agent.max_concurrency;
     }
+    if next.agent.history != running.agent.history {
+        changed.push(format!(
+            "agent.history ({} → {})",
+            running.agent.history, next.agent.history
+        ));
+        next.agent.history = running.agent.history;
+    }
     if next.browser_settings_differ(running) {
         changed.push("browser (chromedriver, chromium, max_sessions)".into());
         next.browser = running.browser.clone();
@@ -335,7 +342,7 @@ pub async fn run(
     let listen = options.listen.unwrap_or(loaded.config.agent.listen);
     check_exposure(&loaded, listen)?;
     let metrics = Arc::new(Metrics::new(&loaded.config.agent.location));
-    let history = Arc::new(History::new(100));
+    let history = Arc::new(History::new(loaded.config.agent.history));
     let in_flight = InFlight::default();
     let runner = Runner::new(
         loaded.config.agent.max_concurrency,

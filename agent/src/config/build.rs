@@ -22,14 +22,18 @@ use super::yaml::{Node, Walker, did_you_mean, kind, load};
 use super::{AgentConfig, BrowserConfig, Config, ProbeConfig, VerifyConfig};
 
 const TOP_KEYS: [&str; 6] = ["agent", "browser", "vars", "defaults", "probes", "verify"];
-const AGENT_KEYS: [&str; 6] = [
+const AGENT_KEYS: [&str; 7] = [
     "keep_artifacts",
+    "history",
     "listen",
     "location",
     "api_token",
     "max_concurrency",
     "artifacts_dir",
 ];
+/// The most runs per probe `agent.history` keeps: a probe's ring is reserved whole at its first
+/// run, ~50 bytes a run.
+const MAX_HISTORY: usize = 10_000;
 const BROWSER_KEYS: [&str; 3] = ["chromedriver", "chromium", "max_sessions"];
 const DEFAULT_KEYS: [&str; 7] = [
     "timeout",
@@ -134,6 +138,7 @@ fn build_root(w: &mut Walker<'_>, root: &Node<'_>) -> Config {
             max_concurrency: 32,
             artifacts_dir: PathBuf::from("./artifacts"),
             keep_artifacts: 20,
+            history: 100,
         },
         browser: BrowserConfig {
             chromedriver: PathBuf::from("/usr/bin/chromedriver"),
@@ -232,6 +237,19 @@ fn agent(w: &mut Walker<'_>, node: &Node<'_>, agent: &mut AgentConfig) {
                         );
                     } else {
                         agent.max_concurrency = n as usize;
+                    }
+                }
+            }
+            "history" => {
+                if let Some(n) = w.count(v, "history") {
+                    if n == 0 || n > MAX_HISTORY as u64 {
+                        w.error(
+                            v,
+                            format!("history must be 1 to {MAX_HISTORY} runs per probe"),
+                            "write e.g. `history: 100` (the default)",
+                        );
+                    } else {
+                        agent.history = n as usize;
                     }
                 }
             }

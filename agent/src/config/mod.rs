@@ -56,6 +56,9 @@ pub struct AgentConfig {
     pub artifacts_dir: PathBuf,
     /// Failed runs whose artifacts are kept per probe; older ones are deleted.
     pub keep_artifacts: usize,
+    /// Runs kept per probe in memory: `GET /api/v1/probes/{name}/runs`, the status page's strip
+    /// and the agent's pre-deploy baselines read them.
+    pub history: usize,
 }
 
 /// The `browser:` section.
@@ -307,6 +310,28 @@ mod tests {
                     .to_string()
             )]
         );
+    }
+
+    #[test]
+    fn history_is_bounded_runs_per_probe() {
+        let load = |agent: &str| {
+            let src = format!("agent:\n{agent}{ONE_PROBE}");
+            load_str("t.yaml", &src).unwrap_or_else(|r| panic!("{r}")).0
+        };
+        assert_eq!(load("  location: x\n").agent.history, 100);
+        assert_eq!(load("  history: 50\n").agent.history, 50);
+        for bad in ["0", "10001"] {
+            let src = format!("agent:\n  history: {bad}\n{ONE_PROBE}");
+            assert_eq!(
+                errors(&src),
+                vec![(
+                    2,
+                    12,
+                    "history must be 1 to 10000 runs per probe".to_string(),
+                    "write e.g. `history: 100` (the default)".to_string()
+                )]
+            );
+        }
     }
 
     #[test]
