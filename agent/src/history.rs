@@ -8,7 +8,7 @@
 //! Memory: a full result costs about 1.2–2 KiB (a passing 2–3-step HTTP result, more with
 //! assertion text), which is why only the newest is kept: a compact record is 32 bytes plus 8
 //! per step, plus the failure text of runs that did not pass. The latency windows cost 4 bytes
-//! per run plus 2 per step that ran, for the last hour's runs (at most 1,024 of them; a busier
+//! per run plus 2 per step, for the last hour's runs (at most 1,024 of them; a busier
 //! probe's older runs go into 10-minute histograms).
 
 mod latency;

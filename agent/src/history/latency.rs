@@ -259,21 +259,20 @@ impl ProbeLatency {
         }
     }
 
-    /// Removes the oldest row, returning its start and values (by column).
-    fn pop_row(&mut self) -> (i64, Vec<u16>) {
-        let start = self.start_of(0);
-        let values: Vec<u16> = self.rows.drain(..self.width()).skip(1).collect();
-        for (column, &value) in values.iter().enumerate() {
+    /// Removes the oldest row.
+    fn pop_row(&mut self) {
+        for (column, value) in self.rows.drain(..self.width()).skip(1).enumerate() {
             if value != NONE {
                 self.in_use[column] -= 1;
             }
         }
-        (start, values)
     }
 
     /// Moves the oldest row into the histograms of its 10-minute slot.
     fn overflow_oldest(&mut self) {
-        let (start, values) = self.pop_row();
+        let start = self.start_of(0);
+        let values: Vec<u16> = self.rows.range(1..self.width()).copied().collect();
+        self.pop_row();
         let slot_start = start.div_euclid(SLOT_S) * SLOT_S;
         let position = self.overflow.iter().rposition(|s| s.start_s <= slot_start);
         let at = match position {
