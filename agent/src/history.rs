@@ -367,12 +367,18 @@ struct StepRecord {
 impl StepRecord {
     fn new(step: &StepResult, name: u16) -> StepRecord {
         let status = step.status.unwrap_or(0).min(MAX_STATUS);
-        let result = OUTCOMES.iter().position(|o| *o == step.result).unwrap_or(0);
+        // Exhaustive, so a new outcome cannot be stored as another; the index into OUTCOMES.
+        let result = match step.result {
+            Outcome::Pass => 0,
+            Outcome::Fail => 1,
+            Outcome::Error => 2,
+            Outcome::Timeout => 3,
+            Outcome::Skipped => 4,
+        };
         StepRecord {
             duration_us: micros(step.duration),
             name,
-            // `result` < 8: the cast cannot truncate.
-            status_and_result: status << 3 | result as u16,
+            status_and_result: status << 3 | result,
         }
     }
 
@@ -393,7 +399,7 @@ fn start_bytes(ms: i64) -> [u8; 6] {
 
 /// The largest status a [`StepRecord`] holds: 13 bits.
 const MAX_STATUS: u16 = (1 << 13) - 1;
-/// Outcomes by their 3-bit code in a [`StepRecord`].
+/// Outcomes by their 3-bit code in a [`StepRecord`] (see [`StepRecord::new`]).
 const OUTCOMES: [Outcome; 5] = [
     Outcome::Pass,
     Outcome::Fail,
@@ -1179,6 +1185,21 @@ mod tests {
         assert!(runs.iter().all(|r| r.steps[1].result == Outcome::Timeout));
         // Details leave with their runs.
         assert_eq!(h.read()["p"].details.len(), 5);
+    }
+
+    #[test]
+    fn step_records_keep_every_outcome_and_status() {
+        for outcome in OUTCOMES {
+            for status in [None, Some(200), Some(599), Some(MAX_STATUS)] {
+                let step = StepResult {
+                    result: outcome,
+                    status,
+                    ..StepResult::skipped("s")
+                };
+                let record = StepRecord::new(&step, 7);
+                assert_eq!((record.result(), record.status()), (outcome, status));
+            }
+        }
     }
 
     #[test]
