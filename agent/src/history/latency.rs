@@ -434,6 +434,21 @@ mod tests {
         }
     }
 
+    /// Records the runs `i` of `runs`, each started at `T0 + i × every_ms`, taking `ms`, and
+    /// recorded as it starts.
+    fn record_every(
+        l: &mut ProbeLatency,
+        every_ms: i64,
+        runs: std::ops::Range<i64>,
+        ms: u64,
+        steps: &[&str],
+    ) {
+        for i in runs {
+            let started = T0 + i * every_ms;
+            l.record(&run(started, ms, steps), started);
+        }
+    }
+
     fn count(l: &ProbeLatency, step: Option<&str>, window: Window, now_ms: i64) -> Option<u64> {
         l.percentiles(step, window, now_ms).map(|p| p.count)
     }
@@ -508,15 +523,9 @@ mod tests {
     #[test]
     fn a_step_renamed_keeps_both_names_for_an_hour() {
         let mut l = ProbeLatency::default();
-        for i in 0..1_500 {
-            let started = T0 + i * 1_000;
-            l.record(&run(started, 10, &["login", "cart"]), started);
-        }
+        record_every(&mut l, 1_000, 0..1_500, 10, &["login", "cart"]);
         // The next version renames `cart`.
-        for i in 1_500..1_600 {
-            let started = T0 + i * 1_000;
-            l.record(&run(started, 30, &["login", "basket"]), started);
-        }
+        record_every(&mut l, 1_000, 1_500..1_600, 30, &["login", "basket"]);
         let now = T0 + 1_600_000;
         assert_eq!(l.step_names(), ["login", "cart", "basket"]);
         assert_eq!(count(&l, Some("login"), Window::OneHour, now), Some(1_600));
@@ -541,10 +550,7 @@ mod tests {
     #[test]
     fn rows_cost_two_bytes_a_value() {
         let mut l = ProbeLatency::default();
-        for i in 0..360 {
-            let started = T0 + i * 10_000;
-            l.record(&run(started, 10, &["a", "b"]), started);
-        }
+        record_every(&mut l, 10_000, 0..360, 10, &["a", "b"]);
         // A two-step probe every 10 s: an hour is 360 rows of 4 codes.
         assert_eq!(l.rows.len(), 360 * 4);
         // The buffer grew to an hour's worth and an eighth from the pace of its first rows, and
