@@ -6,7 +6,7 @@
 //! the recent list), and the latency of the last hour's runs and steps ([`latency`]).
 //!
 //! Memory: a full result costs about 1.2–2 KiB (a passing 2–3-step HTTP result, more with
-//! assertion text), which is why only the newest is kept: a compact record is 32 bytes plus 8
+//! assertion text), which is why only the newest is kept: a compact record is 24 bytes plus 8
 //! per step, plus the failure text of runs that did not pass. The latency windows cost 4 bytes
 //! per run plus 2 per step, for the last hour's runs (at most 1,024 of them; a busier
 //! probe's older runs go into 10-minute histograms).
@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use latency::ProbeLatency;
 use patrol_probes::result::{AssertResult, Attempt, Outcome, ProbeResult, StepResult};
+use patrol_probes::run::{run_id, run_id_fraction};
 
 pub use latency::{Percentiles, Window};
 
@@ -334,14 +335,14 @@ fn push_frugal<T>(ring: &mut VecDeque<T>, value: T) {
     ring.push_back(value);
 }
 
-/// A run as kept once it is no longer among the [`FULL_RESULTS`] newest: 32 bytes, plus 8 per
+/// A run as kept once it is no longer among the [`FULL_RESULTS`] newest: 24 bytes, plus 8 per
 /// step, plus a [`RunDetail`] for runs that did not pass at once.
 struct RunRecord {
     started_at_ms: i64,
-    /// The engine's ids are UUIDv7s whose first 6 bytes are `started_at_ms`
-    /// ([`patrol_probes::run::run_id`]): the other 10 are kept here. Any other id is kept as text
-    /// in the run's detail.
-    id_tail: [u8; 10],
+    /// The engine's ids follow from the run's start and 12 more bits of clock
+    /// ([`patrol_probes::run::run_id`]), which are kept here. Any other id is kept as text in the
+    /// run's detail.
+    id_fraction: u16,
     duration_us: u32,
     attempts: u16,
     /// Index of the probe type in [`Words`].
@@ -389,12 +390,6 @@ impl StepRecord {
     fn result(&self) -> Outcome {
         OUTCOMES[usize::from(self.status_and_result & 7) % OUTCOMES.len()]
     }
-}
-
-/// The first 6 bytes of a UUIDv7 made at `ms`: the unix milliseconds, 48 bits big-endian.
-fn start_bytes(ms: i64) -> [u8; 6] {
-    let [_, _, head @ ..] = ms.to_be_bytes();
-    head
 }
 
 /// The largest status a [`StepRecord`] holds: 13 bits.
@@ -448,15 +443,9 @@ impl RunRecord {
         for step in result.steps.iter().take(usize::from(u16::MAX)) {
             push_frugal(steps, StepRecord::new(step, words.index(&step.name)));
         }
-        let id_tail = uuid::Uuid::try_parse(&result.id)
-            .ok()
-            .filter(|u| u.simple().to_string() == result.id)
-            .and_then(|u| {
-                let (head, tail) = u.as_bytes().split_at(6);
-                (head == start_bytes(result.started_at_ms)).then(|| tail.try_into().ok())?
-            });
+        let id_fraction = run_id_fraction(&result.id, result.started_at_ms);
         let mut detail = RunDetail {
-            id: id_tail.is_none().then(|| result.id.as_str().into()),
+            id: id_fraction.is_none().then(|| result.id.as_str().into()),
             error: None,
             steps: Vec::new(),
             first_attempt: None,
@@ -483,7 +472,7 @@ impl RunRecord {
             || detail.first_attempt.is_some();
         let record = RunRecord {
             started_at_ms: result.started_at_ms,
-            id_tail: id_tail.unwrap_or_default(),
+            id_fraction: id_fraction.unwrap_or_default(),
             duration_us: micros(result.duration),
             attempts: u16::try_from(result.attempts).unwrap_or(u16::MAX),
             kind: words.index(&result.kind),
@@ -493,14 +482,6 @@ impl RunRecord {
             detailed,
         };
         (record, detailed.then(|| Box::new(detail)))
-    }
-
-    /// The run's UUIDv7: its start, then the kept tail.
-    fn id(&self) -> uuid::Uuid {
-        let mut bytes = [0u8; 16];
-        bytes[..6].copy_from_slice(&start_bytes(self.started_at_ms));
-        bytes[6..].copy_from_slice(&self.id_tail);
-        uuid::Uuid::from_bytes(bytes)
     }
 
     fn summary(&self) -> RunSummary {
@@ -539,7 +520,7 @@ impl RunRecord {
         ProbeResult {
             id: match detail.and_then(|d| d.id.as_deref()) {
                 Some(text) => text.to_string(),
-                None => self.id().simple().to_string(),
+                None => run_id(self.started_at_ms, self.id_fraction),
             },
             name: probe.to_string(),
             kind: words.get(self.kind).to_string(),
@@ -977,7 +958,7 @@ mod tests {
             second.error = Some("status was 503".to_string());
         }
         Arc::new(ProbeResult {
-            id: patrol_probes::run::run_id(T0 + i),
+            id: run_id(T0 + i, (i % 4096) as u16),
             name: "p".to_string(),
             kind: "http".to_string(),
             result: outcome,
@@ -1205,7 +1186,7 @@ mod tests {
     #[test]
     fn compact_records_stay_compact() {
         // The sizes the module docs and BENCHMARKS.md §4 count on.
-        assert!(std::mem::size_of::<RunRecord>() <= 32);
+        assert!(std::mem::size_of::<RunRecord>() <= 24);
         assert!(std::mem::size_of::<StepRecord>() <= 8);
     }
 

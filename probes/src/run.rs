@@ -1,8 +1,9 @@
 //! Running a probe: a fresh scope per attempt, the probe's timeout enforced by cancellation,
 //! retries with backoff, the first attempt kept so a flaky pass stays visible.
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::artifacts::{ArtifactStore, RunArtifacts};
 use crate::browser::{self, Browser};
@@ -60,8 +61,7 @@ impl Runtime {
 /// Runs `spec` with its retries; never panics or returns early on a target's fault.
 pub async fn run_probe(spec: &ProbeSpec, runtime: &Runtime) -> ProbeResult {
     let started = Instant::now();
-    let started_at_ms = unix_ms();
-    let id = run_id(started_at_ms);
+    let RunStart { id, started_at_ms } = RunStart::now();
     let mut retried = Vec::new();
     let mut attempt_no = 0;
     loop {
@@ -203,22 +203,86 @@ async fn run_attempt(
     }
 }
 
-/// A run's id: a UUIDv7 (32 hex digits) whose timestamp is the run's start, so ids (and the
-/// artifact folders named after them) sort by start time, and a history can keep the 10 bytes
-/// the start does not already say.
-pub fn run_id(started_at_ms: i64) -> String {
-    let ms = u64::try_from(started_at_ms).unwrap_or(0);
-    // `ms % 1000` < 1000: the nanoseconds fit a u32.
-    let nanos = (ms % 1000) as u32 * 1_000_000;
-    let timestamp = uuid::Timestamp::from_unix(uuid::NoContext, ms / 1000, nanos);
-    uuid::Uuid::new_v7(timestamp).simple().to_string()
+/// When a run started, and its id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunStart {
+    /// The run's id: see [`run_id`].
+    pub id: String,
+    /// The start, unix milliseconds by the system clock.
+    pub started_at_ms: i64,
 }
 
-fn unix_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+impl RunStart {
+    /// A run starting now, with an id no other run of this process has.
+    pub fn now() -> RunStart {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let ms = u64::try_from(now.as_millis()).unwrap_or(u64::MAX) & MS_MASK;
+        let fraction = u64::from(now.subsec_nanos() % 1_000_000) * FRACTIONS_PER_MS / 1_000_000;
+        // Later than every stamp taken before, so two runs never share one, even when they start
+        // within 1/4096 ms of each other or the clock steps back.
+        let clock = ms << FRACTION_BITS | fraction;
+        static LAST: AtomicU64 = AtomicU64::new(0);
+        let last = LAST
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
+                Some(clock.max(last + 1))
+            })
+            .unwrap_or_else(|last| last);
+        let stamp = clock.max(last + 1);
+        RunStart {
+            // `stamp >> FRACTION_BITS` < 2^48 and the fraction < 2^12: both fit.
+            id: run_id(
+                (stamp >> FRACTION_BITS) as i64,
+                (stamp & FRACTION_MASK) as u16,
+            ),
+            started_at_ms: ms as i64,
+        }
+    }
 }
+
+/// A run's id: a UUIDv7 (RFC 9562) in 32 hex digits. Its 60-bit timestamp is the run's start in
+/// 1/4096 ms (the RFC's method 3: the 12 bits after the milliseconds are a finer clock) and its
+/// last 62 bits are a random number drawn once per process. A process never gives two runs the
+/// same timestamp ([`RunStart::now`]), so its ids are unique; they sort by start, as do the
+/// artifact folders named after them; and a history that knows a run's start keeps its id in 12
+/// bits ([`run_id_fraction`]).
+pub fn run_id(started_at_ms: i64, fraction: u16) -> String {
+    let ms = u64::try_from(started_at_ms).unwrap_or(0) & MS_MASK;
+    let bits = u128::from(ms) << 80
+        | 0x7 << 76
+        | u128::from(u64::from(fraction) & FRACTION_MASK) << 64
+        | 0b10 << 62
+        | u128::from(process_tail());
+    format!("{bits:032x}")
+}
+
+/// The finer clock of `id` when it is the id [`run_id`] gives a run of this process started at
+/// `started_at_ms`; `None` for any other id (another process's, or a run whose stamp was moved
+/// past its clock reading).
+pub fn run_id_fraction(id: &str, started_at_ms: i64) -> Option<u16> {
+    let lower_hex = |c: u8| c.is_ascii_digit() || (b'a'..=b'f').contains(&c);
+    if id.len() != 32 || !id.bytes().all(lower_hex) {
+        return None;
+    }
+    let bits = u128::from_str_radix(id, 16).ok()?;
+    // Masked to 12 bits: fits a u16.
+    let fraction = ((bits >> 64) as u64 & FRACTION_MASK) as u16;
+    (run_id(started_at_ms, fraction) == id).then_some(fraction)
+}
+
+/// The last 62 bits of every run id of this process.
+fn process_tail() -> u64 {
+    static TAIL: OnceLock<u64> = OnceLock::new();
+    *TAIL.get_or_init(|| uuid::Uuid::new_v4().as_u64_pair().1 & ((1 << 62) - 1))
+}
+
+/// Bits of a run id's timestamp below the milliseconds.
+const FRACTION_BITS: u32 = 12;
+const FRACTIONS_PER_MS: u64 = 1 << FRACTION_BITS;
+const FRACTION_MASK: u64 = FRACTIONS_PER_MS - 1;
+/// A UUIDv7's milliseconds: 48 bits.
+const MS_MASK: u64 = (1 << 48) - 1;
 
 /// Steps of a browser probe run without a browser configured: an error, never a pass.
 fn browser_unavailable(spec: &ProbeSpec) -> Vec<StepResult> {
@@ -237,9 +301,9 @@ fn browser_unavailable(spec: &ProbeSpec) -> Vec<StepResult> {
 /// The result of a run that never produced one of its own (cancelled, crashed, aborted): an
 /// error, never a pass, with every step skipped.
 pub fn unfinished(spec: &ProbeSpec, why: &str) -> ProbeResult {
-    let started_at_ms = unix_ms();
+    let RunStart { id, started_at_ms } = RunStart::now();
     ProbeResult {
-        id: run_id(started_at_ms),
+        id,
         name: spec.name.clone(),
         kind: spec.type_name().to_string(),
         result: Outcome::Error,
@@ -262,19 +326,66 @@ mod tests {
     use super::*;
 
     #[test]
-    fn run_ids_carry_their_start_and_sort_by_it() {
-        let starts = [1_700_000_000_000i64, 1_700_000_000_001, 1_700_000_060_000];
-        let ids: Vec<String> = starts.iter().map(|&ms| run_id(ms)).collect();
-        for (id, &ms) in ids.iter().zip(&starts) {
+    fn run_ids_are_uuidv7s_of_their_start_that_sort_by_it() {
+        let starts: Vec<RunStart> = (0..2000).map(|_| RunStart::now()).collect();
+        for start in &starts {
+            let id = &start.id;
             assert_eq!(id.len(), 32, "{id}");
             let uuid = uuid::Uuid::try_parse(id).unwrap_or_default();
             assert_eq!(uuid.get_version_num(), 7, "{id}");
+            assert_eq!(uuid.get_variant(), uuid::Variant::RFC4122, "{id}");
             let (secs, nanos) = uuid.get_timestamp().map_or((0, 0), |t| t.to_unix());
-            assert_eq!(secs * 1000 + u64::from(nanos) / 1_000_000, ms as u64);
+            let id_ms = (secs * 1000 + u64::from(nanos) / 1_000_000) as i64;
+            // Runs started faster than the finer clock ticks are moved later, never earlier.
+            assert!(id_ms >= start.started_at_ms, "{id} {}", start.started_at_ms);
         }
-        let mut sorted = ids.clone();
-        sorted.sort();
-        assert_eq!(sorted, ids);
-        assert_ne!(run_id(starts[0]), run_id(starts[0]));
+        let ids: Vec<&str> = starts.iter().map(|s| s.id.as_str()).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids sort by start");
+        // The stamp is the clock's unless two runs share a tick: most ids carry their start.
+        let exact = starts
+            .iter()
+            .filter(|s| run_id_fraction(&s.id, s.started_at_ms).is_some())
+            .count();
+        assert!(exact > 0, "no id carries its start");
+    }
+
+    #[test]
+    fn a_process_never_gives_two_runs_one_id() {
+        let threads: Vec<_> = (0..4)
+            .map(|_| std::thread::spawn(|| (0..20_000).map(|_| RunStart::now().id).collect()))
+            .collect();
+        let mut ids = std::collections::HashSet::new();
+        for thread in threads {
+            let batch: Vec<String> = thread.join().unwrap_or_default();
+            assert_eq!(batch.len(), 20_000);
+            for id in batch {
+                assert!(ids.insert(id.clone()), "{id} given twice");
+            }
+        }
+    }
+
+    #[test]
+    fn only_this_process_ids_of_the_start_give_their_fraction() {
+        let ms = 1_700_000_000_123;
+        for fraction in [0, 1, 2048, 4095] {
+            let id = run_id(ms, fraction);
+            assert_eq!(run_id_fraction(&id, ms), Some(fraction), "{id}");
+            assert_eq!(run_id_fraction(&id, ms + 1), None, "another start");
+            // Another process: the same start and fraction, another tail.
+            let last = id.as_bytes()[31];
+            let other = format!("{}{}", &id[..31], if last == b'0' { '1' } else { '0' });
+            assert_eq!(run_id_fraction(&other, ms), None, "{other}");
+            assert_eq!(run_id_fraction(&id.to_uppercase(), ms), None);
+        }
+        let v4 = uuid::Uuid::new_v4().simple().to_string();
+        for id in [
+            v4.as_str(),
+            "",
+            "run-1",
+            &"f".repeat(32),
+            &format!("+{}", &v4[1..]),
+        ] {
+            assert_eq!(run_id_fraction(id, ms), None, "{id}");
+        }
     }
 }
