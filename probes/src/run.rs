@@ -248,13 +248,17 @@ impl RunStart {
 /// artifact folders named after them; and a history that knows a run's start keeps its id in 12
 /// bits ([`run_id_fraction`]).
 pub fn run_id(started_at_ms: i64, fraction: u16) -> String {
+    format!("{:032x}", run_id_bits(started_at_ms, fraction))
+}
+
+/// [`run_id`] as a number.
+fn run_id_bits(started_at_ms: i64, fraction: u16) -> u128 {
     let ms = u64::try_from(started_at_ms).unwrap_or(0) & MS_MASK;
-    let bits = u128::from(ms) << 80
+    u128::from(ms) << 80
         | 0x7 << 76
         | u128::from(u64::from(fraction) & FRACTION_MASK) << 64
         | 0b10 << 62
-        | u128::from(process_tail());
-    format!("{bits:032x}")
+        | u128::from(process_tail())
 }
 
 /// The finer clock of `id` when it is the id [`run_id`] gives a run of this process started at
@@ -268,7 +272,7 @@ pub fn run_id_fraction(id: &str, started_at_ms: i64) -> Option<u16> {
     let bits = u128::from_str_radix(id, 16).ok()?;
     // Masked to 12 bits: fits a u16.
     let fraction = ((bits >> 64) as u64 & FRACTION_MASK) as u16;
-    (run_id(started_at_ms, fraction) == id).then_some(fraction)
+    (run_id_bits(started_at_ms, fraction) == bits).then_some(fraction)
 }
 
 /// The last 62 bits of every run id of this process.
