@@ -461,6 +461,61 @@ fn slow_probe(shop: &Shop, latency_ms: u64) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_drops_the_series_of_renamed_steps() {
+    let shop = shop().await;
+    let scratch = Scratch::new();
+    let flow = |second: &str| {
+        config(
+            &shop,
+            WITH_TOKEN,
+            &format!(
+                r#"
+  - name: flow
+    steps:
+      - name: health
+        request: {{ url: "{{{{ api }}}}/api/health" }}
+        assert: [ status == 200 ]
+      - name: {second}
+        request: {{ url: "{{{{ api }}}}/api/health" }}
+        assert: [ status == 200 ]
+"#
+            ),
+        )
+    };
+    let agent = agent(&scratch, &flow("products")).start().await;
+    agent.run("{}", Some(TOKEN)).await;
+    let step_lines = |text: &str, step: &str| {
+        let label = format!("step=\"{step}\"");
+        text.lines()
+            .filter(|l| !l.starts_with('#') && l.contains(&label))
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
+    let before = agent.metrics().await;
+    assert!(!step_lines(&before, "products").is_empty(), "{before}");
+
+    // `products` becomes `catalog`: its series go at the reload, the other step's stay as they
+    // were, and the new name's appear with its first run.
+    scratch.write("patrol.yaml", &flow("catalog"));
+    agent
+        .post("/-/reload", "", Some(TOKEN))
+        .await
+        .assert_status(200);
+    let after = agent.metrics().await;
+    assert_eq!(step_lines(&after, "products"), Vec::<String>::new());
+    assert_eq!(step_lines(&after, "health"), step_lines(&before, "health"));
+    assert!(step_lines(&after, "catalog").is_empty(), "{after}");
+    agent.run("{}", Some(TOKEN)).await;
+    let text = agent.metrics().await;
+    assert_metric(
+        &text,
+        r#"probe_step_success{location="local",probe="flow",step="catalog",type="http"}"#,
+        1.0,
+    );
+    assert_eq!(step_lines(&text, "products"), Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_runs_in_flight_finish_before_exiting() {
     let shop = shop().await;
     let scratch = Scratch::new();

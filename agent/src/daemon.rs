@@ -166,14 +166,17 @@ impl AgentState {
         };
         // The runner stops recording removed probes first, so a run finishing meanwhile cannot
         // bring back what is dropped next.
-        self.runner
-            .set_current(next.probes.iter().map(|p| p.spec.name.clone()));
+        self.runner.set_current(next.probes.iter().map(|p| &p.spec));
         for gone in previous
             .probes
             .iter()
             .filter(|p| next.probe(&p.spec.name).is_none())
         {
             self.metrics.forget_probe(&gone.spec.name);
+        }
+        for kept in &next.probes {
+            self.metrics
+                .keep_steps(&kept.spec.name, &kept.spec.step_names());
         }
         let names: Vec<&str> = next.probes.iter().map(|p| p.spec.name.as_str()).collect();
         self.history.retain_probes(&names);
@@ -350,7 +353,7 @@ pub async fn run(
         Arc::clone(&history),
         in_flight.clone(),
     );
-    runner.set_current(loaded.probes.iter().map(|p| p.spec.name.clone()));
+    runner.set_current(loaded.probes.iter().map(|p| &p.spec));
     let (events_tx, mut events_rx) = mpsc::channel::<SchedulerEvent>(1024);
     let next_runs = NextRuns::default();
     let cancel = start_scheduler(

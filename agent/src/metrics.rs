@@ -297,6 +297,12 @@ impl Metrics {
         forget_in(&self.runs_skipped, probe);
     }
 
+    /// Removes the step series (`step=<name>`) of `probe` whose step is not among `steps`, for
+    /// steps a config reload renamed or removed; the probe's other series stay.
+    pub fn keep_steps(&self, probe: &str, steps: &[&str]) {
+        self.probes.keep_steps(probe, steps);
+    }
+
     /// Every metric in the Prometheus text exposition format (`text/plain; version=0.0.4`), as
     /// one string, for tests; the server streams [`Metrics::render_chunks`].
     #[cfg(test)]
@@ -716,6 +722,34 @@ mod tests {
         );
         // Forgetting an unknown probe is harmless.
         m.forget_probe("nope");
+    }
+
+    #[test]
+    fn keep_steps_removes_the_series_of_other_steps_only() {
+        let m = Metrics::new("eu");
+        m.record_run(&run(Outcome::Pass, Outcome::Pass, 500, all_pass()), None);
+        let before = m.render();
+        let lines_with = |text: &str, label: &str| {
+            text.lines()
+                .filter(|l| l.contains(label))
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        };
+        assert!(!lines_with(&before, r#"step="cart""#).is_empty());
+        // A reload renamed `cart` to `basket` and kept the rest.
+        m.keep_steps("p", &["login", "basket", "checkout"]);
+        let after = m.render();
+        assert_eq!(lines_with(&after, r#"step="cart""#), Vec::<String>::new());
+        for kept in [r#"step="login""#, r#"step="checkout""#, "probe_runs_total"] {
+            assert_eq!(
+                lines_with(&before, kept),
+                lines_with(&after, kept),
+                "{kept}"
+            );
+            assert!(!lines_with(&after, kept).is_empty(), "{kept}");
+        }
+        // Unknown probes are harmless.
+        m.keep_steps("nope", &[]);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! per run so a panic becomes an `error` result instead of taking the agent down. Every result is
 //! recorded in the metrics and the history.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -49,9 +49,9 @@ pub struct Runner {
     in_flight: InFlight,
     tracker: TaskTracker,
     cancel: CancellationToken,
-    /// Probes in the config in force: results of probes a reload removed are not recorded,
-    /// so their series stay gone.
-    current: Arc<RwLock<HashSet<String>>>,
+    /// Probes in the config in force: results of probes a reload removed, or with steps it
+    /// renamed or removed, are not recorded, so their series stay gone.
+    current: Arc<RwLock<HashMap<String, Arc<ProbeSpec>>>>,
 }
 
 impl Runner {
@@ -74,24 +74,31 @@ impl Runner {
     }
 
     /// Sets the probes of the config in force.
-    pub fn set_current(&self, names: impl IntoIterator<Item = String>) {
-        let names: HashSet<String> = names.into_iter().collect();
+    pub fn set_current<'a>(&self, probes: impl IntoIterator<Item = &'a Arc<ProbeSpec>>) {
+        let probes = probes
+            .into_iter()
+            .map(|p| (p.name.clone(), Arc::clone(p)))
+            .collect();
         match self.current.write() {
-            Ok(mut g) => *g = names,
-            Err(poisoned) => *poisoned.into_inner() = names,
+            Ok(mut g) => *g = probes,
+            Err(poisoned) => *poisoned.into_inner() = probes,
         }
     }
 
-    /// Records `result` in metrics and history while its probe is in the config in force. The
-    /// check and the record happen under one read lock, and a reload swaps the probe list
-    /// ([`Runner::set_current`]) before it drops a removed probe's series: a run finishing
-    /// during a reload cannot bring those series back.
+    /// Records `result` in metrics and history while its probe, and each of its steps, is in
+    /// the config in force. The check and the record happen under one read lock, and a reload
+    /// swaps the probe list ([`Runner::set_current`]) before it drops the series of removed
+    /// probes and steps: a run of the old config finishing during a reload cannot bring them
+    /// back.
     fn record_if_current(&self, result: &Arc<ProbeResult>, track: Option<&str>) {
         let current = self
             .current
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if current.contains(&result.name) {
+        if current
+            .get(&result.name)
+            .is_some_and(|spec| has_steps_of(spec, result))
+        {
             self.metrics.record_run(result, track);
             self.history.record(Arc::clone(result));
         }
@@ -197,6 +204,15 @@ impl Runner {
     }
 }
 
+/// Whether every step of `result` is a step of `spec`.
+fn has_steps_of(spec: &ProbeSpec, result: &ProbeResult) -> bool {
+    let names = spec.step_names();
+    result
+        .steps
+        .iter()
+        .all(|s| names.contains(&s.name.as_str()))
+}
+
 /// The longest a run may take: every attempt's timeout, every backoff, and a second of slack.
 fn outer_limit(spec: &ProbeSpec) -> Duration {
     let attempts = spec.retries + 1;
@@ -204,4 +220,34 @@ fn outer_limit(spec: &ProbeSpec) -> Duration {
         .map(|i| spec.retry_backoff.saturating_mul(1 << i.min(6)))
         .sum();
     spec.timeout.saturating_mul(attempts) + backoffs + Duration::from_secs(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use patrol_probes::result::StepResult;
+
+    #[test]
+    fn only_results_with_steps_the_probe_has_are_of_the_config_in_force() {
+        let yaml = r#"
+probes:
+  - name: flow
+    steps:
+      - name: health
+        request: { url: "http://127.0.0.1:9/health" }
+      - name: cart
+        request: { url: "http://127.0.0.1:9/cart" }
+"#;
+        let (config, _) =
+            crate::config::load_str("patrol.yaml", yaml).unwrap_or_else(|r| panic!("{r}"));
+        let spec = &config.probes[0].spec;
+        let result = |names: &[&str]| ProbeResult {
+            steps: names.iter().copied().map(StepResult::skipped).collect(),
+            ..stopped(spec, "a test")
+        };
+        assert!(has_steps_of(spec, &stopped(spec, "a test")));
+        assert!(has_steps_of(spec, &result(&["health", "cart"])));
+        // A run of the config before a reload that renamed `cart`.
+        assert!(!has_steps_of(spec, &result(&["health", "basket"])));
+    }
 }

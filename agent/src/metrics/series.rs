@@ -154,6 +154,15 @@ impl ProbeSeriesStore {
             .remove(probe);
     }
 
+    /// Drops the series of `probe`'s steps that are not in `steps`.
+    pub(super) fn keep_steps(&self, probe: &str, steps: &[&str]) {
+        let probes = self.probes.read().unwrap_or_else(PoisonError::into_inner);
+        if let Some(series) = probes.get(probe) {
+            let mut series = series.lock().unwrap_or_else(PoisonError::into_inner);
+            series.steps.retain(|s| steps.contains(&&*s.name));
+        }
+    }
+
     fn with_probe(&self, probe: &str, f: impl FnOnce(&mut ProbeSeries)) {
         {
             let probes = self.probes.read().unwrap_or_else(PoisonError::into_inner);
