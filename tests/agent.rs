@@ -2,10 +2,11 @@
 //! drop) on `127.0.0.1:0`, probing the reference shop in the test's process. Covers schedules
 //! firing and on-demand probes waiting for a trigger; exact metric values after a scripted
 //! sequence of pass, fail and error runs; config reload on SIGHUP and `POST /-/reload` (good and
-//! refused); draining runs in flight on SIGTERM within the grace period; the bearer token on
-//! POSTs, refusing a public listen address without one, and bad request bodies; the status page
-//! (one section per probe, badges, failing assertions, escaping); the probe status and run
-//! history JSON; and secrets staying out of every endpoint and the log.
+//! refused, and the series of removed probes and renamed steps going); draining runs in flight on
+//! SIGTERM within the grace period; the bearer token on POSTs, refusing a public listen address
+//! without one, and bad request bodies; the status page (one section per probe, badges, failing
+//! assertions, escaping); the probe status and run history JSON; and secrets staying out of every
+//! endpoint and the log.
 
 mod common;
 
