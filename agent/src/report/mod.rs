@@ -33,12 +33,10 @@ pub struct Summary {
 
 impl Summary {
     /// Counts `results`.
-    pub fn of(results: &[ProbeResult]) -> Summary {
-        let mut s = Summary {
-            total: results.len(),
-            ..Summary::default()
-        };
+    pub fn of<'a>(results: impl IntoIterator<Item = &'a ProbeResult>) -> Summary {
+        let mut s = Summary::default();
         for r in results {
+            s.total += 1;
             match r.result {
                 Outcome::Pass => s.pass += 1,
                 Outcome::Fail => s.fail += 1,

@@ -99,8 +99,7 @@ impl RunStore {
     pub fn finish(&self, id: &str, results: Vec<Arc<ProbeResult>>) {
         self.with(|runs| {
             if let Some(r) = runs.iter_mut().find(|r| r.id == id) {
-                let plain: Vec<ProbeResult> = results.iter().map(|r| (**r).clone()).collect();
-                r.summary = Some(Summary::of(&plain));
+                r.summary = Some(Summary::of(results.iter().map(|r| &**r)));
                 r.probes = results;
                 r.status = "done";
             }
