@@ -13,7 +13,7 @@ use crate::report::Summary;
 const KEPT: usize = 100;
 /// How many probe results the kept runs hold between them (a full result is 1–2 KiB): older
 /// runs past it keep their summary and drop their results, so a burst of runs of every probe
-/// cannot pin hundreds of MB. The newest finished run always keeps its results.
+/// cannot pin hundreds of MB. The run that finished last always keeps its results.
 const KEPT_RESULTS: usize = 1_000;
 
 /// Deploy metadata sent with a run.
@@ -113,11 +113,11 @@ impl RunStore {
     }
 }
 
-/// Empties the results of the oldest runs, except `newest`, until the runs hold at most
-/// [`KEPT_RESULTS`] between them.
-fn drop_old_results(runs: &mut VecDeque<RunRecord>, newest: &str) {
+/// Empties the results of the oldest runs, except those of `finished` (the run that finished
+/// last), until the runs hold at most [`KEPT_RESULTS`] between them.
+fn drop_old_results(runs: &mut VecDeque<RunRecord>, finished: &str) {
     let mut total: usize = runs.iter().map(|r| r.probes.len()).sum();
-    for run in runs.iter_mut().filter(|r| r.id != newest) {
+    for run in runs.iter_mut().filter(|r| r.id != finished) {
         if total <= KEPT_RESULTS {
             break;
         }
@@ -176,7 +176,7 @@ mod tests {
         assert_eq!(json["results_dropped"], true, "{json}");
         assert_eq!(json["status"], "done", "{json}");
 
-        // A run larger than the cap keeps its results while it is the newest finished.
+        // A run larger than the cap keeps its results while it is the one that finished last.
         store.finish(&ids[2], results(KEPT_RESULTS + 1, Outcome::Pass));
         assert_eq!(kept(&ids[2]), Some((KEPT_RESULTS + 1, false)));
         assert_eq!(kept(&ids[1]), Some((0, true)));
