@@ -271,15 +271,14 @@ impl ProbeLatency {
     /// Moves the oldest row into the histograms of its 10-minute slot.
     fn overflow_oldest(&mut self) {
         let start = self.start_of(0);
-        let values: Vec<u16> = self.rows.range(1..self.width()).copied().collect();
-        self.pop_row();
+        let width = self.width();
         let slot_start = start.div_euclid(SLOT_S) * SLOT_S;
         let position = self.overflow.iter().rposition(|s| s.start_s <= slot_start);
         let at = match position {
             Some(i) if self.overflow[i].start_s == slot_start => i,
             _ => {
                 let at = position.map_or(0, |i| i + 1);
-                let columns = (0..values.len()).map(|_| None).collect();
+                let columns = (1..width).map(|_| None).collect();
                 self.overflow.insert(
                     at,
                     OverflowSlot {
@@ -290,7 +289,8 @@ impl ProbeLatency {
                 at
             }
         };
-        for (column, &value) in values.iter().enumerate() {
+        // Read in place: a busy probe overflows a row at every run.
+        for (column, &value) in self.rows.range(1..width).enumerate() {
             if value == NONE {
                 continue;
             }
@@ -302,6 +302,7 @@ impl ProbeLatency {
             });
             record_n(hist, units(decode(value)), 1);
         }
+        self.pop_row();
     }
 
     fn add_step(&mut self, name: &str) {
